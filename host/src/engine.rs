@@ -1,0 +1,179 @@
+//! The wasmtime engine shared by every component, its epoch clock, and the
+//! on-disk cache of precompiled components.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; guest deadlines are checked at this granularity
+/// and long-running guests yield to the scheduler this often.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Sizing of the instance pool shared by all components.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Instances alive at once, across all components.
+    pub instances: u32,
+    /// Largest linear memory any instance may have.
+    pub max_memory_bytes: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            instances: 1000,
+            max_memory_bytes: 256 << 20,
+        }
+    }
+}
+
+pub fn new_engine(pool: &PoolSettings) -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.wasm_component_model_async(true);
+    config.epoch_interruption(true);
+
+    let mut pooling = PoolingAllocationConfig::new();
+    // spin-sdk components are built of a handful of core modules, each with
+    // a memory and a table; leave room for adapters.
+    let per_component = 16;
+    pooling.total_component_instances(pool.instances);
+    pooling.total_core_instances(pool.instances * per_component);
+    pooling.total_memories(pool.instances * 2);
+    pooling.total_tables(pool.instances * per_component);
+    pooling.total_stacks(pool.instances);
+    pooling.max_core_instances_per_component(per_component * 4);
+    pooling.max_memories_per_component(per_component);
+    pooling.max_tables_per_component(per_component * 2);
+    pooling.max_memories_per_module(2);
+    pooling.max_memory_size(pool.max_memory_bytes as usize);
+    pooling.max_component_instance_size(1 << 20);
+    pooling.max_core_instance_size(1 << 20);
+    // Keep the first pages of a reused slot mapped: most handlers touch only a
+    // few, and resetting them with memset beats another page fault.
+    pooling.linear_memory_keep_resident(1 << 20);
+    pooling.table_keep_resident(64 << 10);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    // Reservations must cover the largest memory allowed, plus a guard.
+    config.memory_reservation(pool.max_memory_bytes.next_power_of_two().max(1 << 32));
+
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("configuring the wasmtime engine")
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochClock {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochClock {
+    pub fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochClock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Precompiled artifacts in `<state>/cache/<engine>/<sha256>.cwasm`, keyed by
+/// the engine's compatibility hash and the component's digest, so a second
+/// start maps the code instead of compiling it again.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+/// A compiled component and the digest of the bytes it came from.
+pub struct Compiled {
+    pub component: Component,
+    pub digest: String,
+    /// True when the code came from the cache rather than a compile.
+    pub cached: bool,
+}
+
+impl CompileCache {
+    pub fn new(engine: &Engine, state_dir: &Path) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let dir = state_dir.join("cache").join(format!("{:016x}", h.finish()));
+        Self { dir }
+    }
+
+    pub fn load(&self, engine: &Engine, path: &Path) -> Result<Compiled> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let artifact = self.dir.join(format!("{digest}.cwasm"));
+        if artifact.exists() {
+            // SAFETY: the file was written by `precompile_component` below, into
+            // our own state dir, under the engine's compatibility hash; wasmtime
+            // still checks its header before use.
+            match unsafe { Component::deserialize_file(engine, &artifact) } {
+                Ok(component) => {
+                    return Ok(Compiled {
+                        component,
+                        digest,
+                        cached: true,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(artifact = %artifact.display(), error = %e, "discarding unusable cached artifact");
+                }
+            }
+        }
+        let compiled = engine
+            .precompile_component(&bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling component {}", path.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        // Write then rename, so a concurrent or interrupted start never maps a
+        // half-written file.
+        let tmp = self
+            .dir
+            .join(format!("{digest}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &compiled).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &artifact)
+            .with_context(|| format!("writing {}", artifact.display()))?;
+        // SAFETY: as above; we just wrote this artifact with this engine.
+        let component = unsafe { Component::deserialize_file(engine, &artifact) }
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("loading {}", artifact.display()))?;
+        Ok(Compiled {
+            component,
+            digest,
+            cached: false,
+        })
+    }
+}

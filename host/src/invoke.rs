@@ -1,0 +1,174 @@
+//! Instance lifecycle: one fresh instance per request, from a component's
+//! `InstancePre`, run under its deadline and memory cap, and torn down when
+//! its response body is done.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use http_body_util::BodyExt;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{AsContextMut, Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::handler::{ExpirationError, Prepared, ProxyPre};
+
+use crate::sandbox::{Capabilities, InstanceState, MemoryStats};
+
+pub type Request = http::Request<WasiBody>;
+pub type Response = http::Response<WasiBody>;
+
+/// A compiled component, ready to be instantiated cheaply and often.
+pub struct Runnable {
+    pre: ProxyPre<InstanceState>,
+    caps: Capabilities,
+    timeout: Duration,
+}
+
+/// Why a guest produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestFailure {
+    #[error("the component ran past its {0:?} deadline")]
+    Timeout(Duration),
+    #[error("the component exceeded its memory limit of {} MiB", .0 >> 20)]
+    OutOfMemory(u64),
+    #[error("the component trapped: {0}")]
+    Trap(String),
+    #[error("the component failed: {0}")]
+    Failed(String),
+}
+
+/// Raised from the epoch callback once a request's deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded")]
+struct DeadlineExceeded;
+
+impl Runnable {
+    pub fn new(
+        linker: &Linker<InstanceState>,
+        component: &Component,
+        caps: Capabilities,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let pre = linker.instantiate_pre(component)?;
+        // Prefer the p3 `wasi:http/handler` export; fall back to p2's.
+        let pre = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
+            Ok(p3) => ProxyPre::P3(p3),
+            Err(p3_err) => ProxyPre::P2(
+                wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|p2_err| {
+                    anyhow::anyhow!(
+                        "the component exports neither wasi:http/handler@0.3 ({p3_err}) \
+                         nor wasi:http/incoming-handler@0.2 ({p2_err})"
+                    )
+                })?,
+            ),
+        };
+        Ok(Self { pre, caps, timeout })
+    }
+
+    /// Runs `req` in a fresh instance. The instance lives on in a task of its
+    /// own until the guest has finished writing the response body.
+    pub async fn handle(self: &Arc<Self>, req: Request) -> Result<Response, GuestFailure> {
+        let deadline = Instant::now() + self.timeout;
+        let memory = Arc::new(MemoryStats::default());
+        let state = InstanceState::new(&self.caps, memory.clone())
+            .map_err(|e| GuestFailure::Failed(format!("preparing the instance: {e:#}")))?;
+        let mut store = Store::new(self.pre_engine(), state);
+        store.limiter(|s| s.limiter());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                // Let other requests run on this thread between ticks.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        let run = tokio::spawn(async move {
+            let instance = async {
+                let proxy = this.pre.instantiate_async(&mut store).await?;
+                store
+                    .run_concurrent(async |accessor| {
+                        let prepared = accessor.with(|mut s| {
+                            Prepared::new(
+                                s.as_context_mut(),
+                                &proxy,
+                                req,
+                                <InstanceState as wasmtime_wasi_http::WasiHttpView>::http,
+                                tx,
+                            )
+                        })?;
+                        prepared
+                            .run(accessor, tokio::time::sleep_until(deadline.into()))
+                            .await?;
+                        // The response may still be streaming from a guest task.
+                        poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+                        wasmtime::Result::<()>::Ok(())
+                    })
+                    .await?
+            };
+            match tokio::time::timeout_at(deadline.into(), instance).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
+            }
+        });
+
+        let failure = match rx.await {
+            Ok(Ok(response)) => {
+                let this = self.clone();
+                // Errors after the head is sent can only cut the body short.
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = run.await {
+                        let failure = this.classify(&e, &memory);
+                        tracing::warn!(error = %failure, "component failed while streaming its response");
+                    }
+                });
+                return Ok(response);
+            }
+            Ok(Err(e)) => e,
+            // The sender was dropped: the instance failed before answering.
+            Err(_) => match run.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => wasmtime::format_err!("the component returned without a response"),
+                Err(join) => wasmtime::format_err!("the instance task failed: {join}"),
+            },
+        };
+        Err(self.classify(&failure, &memory))
+    }
+
+    fn pre_engine(&self) -> &wasmtime::Engine {
+        match &self.pre {
+            ProxyPre::P2(p) => p.instance_pre().engine(),
+            ProxyPre::P3(p) => p.instance_pre().engine(),
+        }
+    }
+}
+
+impl Runnable {
+    fn classify(&self, e: &wasmtime::Error, memory: &MemoryStats) -> GuestFailure {
+        if e.downcast_ref::<DeadlineExceeded>().is_some()
+            || e.downcast_ref::<ExpirationError>().is_some()
+        {
+            return GuestFailure::Timeout(self.timeout);
+        }
+        // A failed grow makes the guest abort, so the trap itself says little.
+        if memory.exceeded.load(Ordering::Relaxed) {
+            return GuestFailure::OutOfMemory(self.caps.max_memory_bytes);
+        }
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return GuestFailure::Trap(format!("{trap}"));
+        }
+        GuestFailure::Failed(format!("{e:#}"))
+    }
+}
+
+/// A body from bytes already in memory.
+pub fn full_body(bytes: impl Into<bytes::Bytes>) -> WasiBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

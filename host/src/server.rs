@@ -1,0 +1,306 @@
+//! The HTTP front: health, routing, request ids, body limits, Spin's request
+//! headers, and mapping guest failures to JSON errors. Instances and
+//! capabilities live elsewhere (`invoke`, `sandbox`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::app::{App, Target};
+use crate::invoke::{GuestFailure, Response, full_body};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Serving state; the app appears once its components are compiled.
+pub struct Server {
+    app: OnceLock<App>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    pub fn new(local_addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            app: OnceLock::new(),
+            local_addr,
+        })
+    }
+
+    /// Marks the app ready; requests before this get 503.
+    pub fn set_app(&self, app: App) {
+        if self.app.set(app).is_err() {
+            tracing::error!("app was already loaded");
+        }
+    }
+
+    /// Accepts connections until `shutdown` resolves, then stops accepting and
+    /// waits (up to `drain`) for requests in flight to finish.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+            });
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining requests in flight");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("drained"),
+            _ = tokio::time::sleep(drain) => tracing::warn!("drain timed out; exiting with requests in flight"),
+        }
+    }
+
+    async fn handle(&self, req: http::Request<Incoming>, peer: SocketAddr) -> Response {
+        let id = Uuid::now_v7();
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut resp = self.dispatch(req, peer, &id).await;
+        tracing::info!(
+            request_id = %id,
+            %method,
+            path,
+            status = resp.status().as_u16(),
+            us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        resp.headers_mut().insert(
+            REQUEST_ID,
+            HeaderValue::from_str(&id.to_string()).expect("uuid is a valid header"),
+        );
+        resp
+    }
+
+    async fn dispatch(
+        &self,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+        id: &Uuid,
+    ) -> Response {
+        let path = req.uri().path();
+        if req.method() == Method::GET {
+            match path {
+                "/v2/health/live" => return json(StatusCode::OK, r#"{"live":true}"#),
+                "/v2/health/ready" => {
+                    return match self.app.get() {
+                        Some(_) => json(StatusCode::OK, r#"{"ready":true}"#),
+                        None => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let Some(app) = self.app.get() else {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app is still loading",
+                id,
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
+        let Some(matched) = app.router.route(path) else {
+            return error(StatusCode::NOT_FOUND, &format!("no route for {path}"), id);
+        };
+        let component = match matched.target {
+            Target::Static(s) => return static_response(s),
+            Target::Component(c) => &app.components[c],
+        };
+
+        let (mut parts, body) = req.into_parts();
+        let limit = component.limits.max_body_bytes;
+        let too_large = || {
+            let mut r = error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is over the {limit}-byte limit"),
+                id,
+            );
+            // The rest of the body is unread, so this connection cannot be reused.
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        };
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return too_large();
+        }
+        // Inference bodies are small; reading them whole lets an oversized
+        // chunked body get a clean 413 before any guest code runs.
+        let body = match read_body(body, limit).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return too_large(),
+            Err(BodyError::Read(e)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading the request body: {e}"),
+                    id,
+                );
+            }
+        };
+
+        // Clients must not be able to forge the headers the host vouches for.
+        let forged: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("spin-"))
+            .cloned()
+            .collect();
+        for k in forged {
+            parts.headers.remove(k);
+        }
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| self.local_addr.to_string());
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let full_url = format!("http://{host}{path_and_query}");
+        let mut set = |name: &str, value: &str| {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+                parts.headers.insert(n, v);
+            }
+        };
+        set("spin-full-url", &full_url);
+        set("spin-path-info", &matched.path_info);
+        set("spin-matched-route", matched.matched_route);
+        set("spin-component-route", matched.component_route);
+        set("spin-raw-component-route", matched.raw_component_route);
+        set("spin-base-path", app.router.base());
+        set("spin-client-addr", &peer.to_string());
+        for (name, value) in &matched.params {
+            set(
+                &format!("spin-path-match-{}", name.to_ascii_lowercase()),
+                value,
+            );
+        }
+        set("x-request-id", &id.to_string());
+        match full_url.parse() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "bad Host header", id),
+        }
+
+        let req = http::Request::from_parts(parts, full_body(body));
+        match component.runnable.handle(req).await {
+            Ok(resp) => resp,
+            Err(failure) => {
+                tracing::warn!(request_id = %id, component = %component.id, error = %failure, "guest failed");
+                let status = match failure {
+                    GuestFailure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                error(status, &failure.to_string(), id)
+            }
+        }
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// Reads at most `limit` bytes. Past the limit it keeps reading (and
+/// discarding) a little longer, so the client is not reset mid-upload and
+/// gets to read the 413.
+async fn read_body(mut body: Incoming, limit: u64) -> Result<Bytes, BodyError> {
+    const DRAIN_BYTES: u64 = 1 << 20;
+    const DRAIN_TIME: Duration = Duration::from_secs(1);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() as u64 + data.len() as u64 > limit {
+            let mut drained = 0u64;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while drained < DRAIN_BYTES {
+                    match body.frame().await {
+                        Some(Ok(f)) => drained += f.data_ref().map_or(0, |d| d.len() as u64),
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut r = http::Response::new(full_body(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `{"error": ..., "request_id": ...}` with the given status.
+pub fn error(status: StatusCode, message: &str, id: &Uuid) -> Response {
+    let body = serde_json::json!({ "error": message, "request_id": id.to_string() });
+    json(status, body.to_string())
+}
+
+fn static_response(s: &crate::manifest::StaticResponse) -> Response {
+    let mut r = http::Response::new(full_body(s.body.clone().unwrap_or_default()));
+    *r.status_mut() = StatusCode::from_u16(s.status_code.unwrap_or(200)).unwrap_or(StatusCode::OK);
+    for (k, v) in &s.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}

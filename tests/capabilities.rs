@@ -1,0 +1,148 @@
+//! What a component may see: variables, environment, mounted files, and
+//! outbound HTTP (denied unless listed).
+
+mod common;
+
+use common::{App, artifacts, manifest};
+
+fn app() -> App {
+    App::new(manifest(&format!(
+        r#"
+[variables]
+region = {{ default = "eu-west" }}
+token = {{ required = true, secret = true }}
+upstream_port = {{ default = "1" }}
+
+[[trigger.http]]
+route = "/..."
+component = "probe"
+
+[component.probe]
+source = "{probe}"
+files = ["static/**/*.txt", {{ source = "assets", destination = "/assets" }}]
+exclude_files = ["static/secret.txt"]
+environment = {{ MODE = "test" }}
+allowed_outbound_hosts = ["http://127.0.0.1:{{{{ upstream_port }}}}"]
+[component.probe.variables]
+region = "{{{{ region }}}}"
+greeting = "hello from {{{{ region }}}} with {{{{ token }}}}"
+
+[[trigger.http]]
+route = "/closed/..."
+component = "closed"
+
+[component.closed]
+source = "{probe}"
+"#,
+        probe = artifacts::PROBE
+    )))
+    .file("static/a.txt", "file a")
+    .file("static/nested/b.txt", "file b")
+    .file("static/secret.txt", "excluded")
+    .file("static/skip.bin", "not matched")
+    .file("assets/logo.svg", "<svg/>")
+    .env("SPIN_VARIABLE_TOKEN", "t0k3n")
+}
+
+#[tokio::test]
+async fn variables_resolve_from_defaults_and_environment() {
+    let host = app().start().await;
+    let r = host.get("/probe/var/region").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "eu-west");
+    let r = host.get("/probe/var/greeting").await;
+    assert_eq!(r.text().await.unwrap(), "hello from eu-west with t0k3n");
+    // Only variables the component declares are visible.
+    assert_eq!(host.get("/probe/var/token").await.status(), 404);
+    assert_eq!(host.get("/probe/var/Bad-Name").await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_required_variable_without_value_stops_startup() {
+    let mut a = app();
+    a.env.clear();
+    let err = a.start_err();
+    assert!(err.contains("SPIN_VARIABLE_TOKEN"), "{err}");
+}
+
+#[tokio::test]
+async fn environment_is_passed() {
+    let host = app().start().await;
+    let r = host.get("/probe/env/MODE").await;
+    assert_eq!(r.text().await.unwrap(), "test");
+    assert_eq!(
+        host.get("/probe/env/HOME").await.status(),
+        404,
+        "host env does not leak"
+    );
+}
+
+#[tokio::test]
+async fn files_are_mounted_read_only() {
+    let host = app().start().await;
+    let read = |p: &'static str| {
+        let host = &host;
+        async move {
+            let r = host.get(&format!("/probe/file?path={p}")).await;
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(read("/static/a.txt").await, (200, "file a".into()));
+    assert_eq!(read("/static/nested/b.txt").await, (200, "file b".into()));
+    assert_eq!(read("/assets/logo.svg").await, (200, "<svg/>".into()));
+    assert_eq!(read("/static/secret.txt").await.0, 404, "exclude_files");
+    assert_eq!(
+        read("/static/skip.bin").await.0,
+        404,
+        "not matched by the glob"
+    );
+
+    let w = host
+        .client
+        .put(host.url("/probe/file?path=/static/a.txt"))
+        .body("overwritten")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(w.status(), 403, "writes are refused");
+    assert_eq!(read("/static/a.txt").await, (200, "file a".into()));
+    // The source file is untouched too.
+    let on_disk = std::fs::read_to_string(host.dir.path().join("static/a.txt")).unwrap();
+    assert_eq!(on_disk, "file a");
+
+    // A component with no `files` sees no filesystem.
+    let r = host.get("/closed/probe/file?path=/static/a.txt").await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn outbound_http_is_denied_unless_allowed() {
+    // Point the allowed host at a second edgeinfer, so the call is real.
+    let upstream = App::new(manifest(&common::component(
+        "hello",
+        "/hello",
+        artifacts::HELLO,
+    )))
+    .start()
+    .await;
+    let port = upstream.base.rsplit(':').next().unwrap().to_string();
+    let host = app()
+        .env("SPIN_VARIABLE_UPSTREAM_PORT", &port)
+        .start()
+        .await;
+
+    let target = format!("http://127.0.0.1:{port}/hello");
+    let r = host.get(&format!("/probe/outbound?url={target}")).await;
+    assert_eq!(r.status(), 200, "allowed host");
+    assert_eq!(r.text().await.unwrap(), "200");
+
+    let r = host
+        .get(&format!("/closed/probe/outbound?url={target}"))
+        .await;
+    assert_eq!(r.status(), 502, "a component with no allowed hosts");
+    assert!(r.text().await.unwrap().contains("HttpRequestDenied"));
+
+    let other = upstream.url("/v2/health/live").replace(&port, "1");
+    let r = host.get(&format!("/probe/outbound?url={other}")).await;
+    assert_eq!(r.status(), 502, "a port that is not listed");
+}

@@ -1,0 +1,243 @@
+//! Test harness: writes an app into a temp dir, starts the real `edgeinfer up`
+//! on an ephemeral port, and talks HTTP to it.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+pub use edgeinfer_test_artifacts as artifacts;
+
+/// A running `edgeinfer up`, stopped (SIGKILL) when dropped.
+pub struct Host {
+    child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+    pub client: reqwest::Client,
+}
+
+/// One app to serve: spin.toml text, optional edgeinfer.toml, extra files.
+pub struct App {
+    pub manifest: String,
+    pub runtime_config: Option<String>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub env: Vec<(String, String)>,
+}
+
+impl App {
+    pub fn new(manifest: impl Into<String>) -> Self {
+        Self {
+            manifest: manifest.into(),
+            runtime_config: None,
+            files: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn runtime_config(mut self, text: impl Into<String>) -> Self {
+        self.runtime_config = Some(text.into());
+        self
+    }
+
+    pub fn file(mut self, path: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((path.to_string(), contents.into()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn write(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spin.toml"), &self.manifest).unwrap();
+        if let Some(rc) = &self.runtime_config {
+            std::fs::write(dir.path().join("edgeinfer.toml"), rc).unwrap();
+        }
+        for (path, contents) in &self.files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, contents).unwrap();
+        }
+        dir
+    }
+
+    fn command(&self, dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeinfer"));
+        cmd.current_dir(dir)
+            .args(["up", "--listen", "127.0.0.1:0", "--state-dir"])
+            // Shared by all tests, so each component is compiled only once.
+            .arg(shared_state_dir())
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts the host and waits until it reports ready.
+    pub async fn start(self) -> Host {
+        let dir = self.write();
+        let mut child = self
+            .command(dir.path())
+            .spawn()
+            .expect("starting edgeinfer");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[edgeinfer] {line}");
+                    if let Some(addr) = line.strip_prefix("edgeinfer: serving ") {
+                        let _ = tx.send(addr.to_string());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("edgeinfer did not start: {:?}", log.lock().unwrap()));
+        let host = Host {
+            child,
+            base,
+            dir,
+            log,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        host.wait_ready().await;
+        host
+    }
+
+    /// Runs `edgeinfer up` expecting it to fail; returns its stderr.
+    pub fn start_err(self) -> String {
+        let dir = self.write();
+        let out = self
+            .command(dir.path())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running edgeinfer");
+        assert!(!out.status.success(), "edgeinfer up should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+pub fn shared_state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("edgeinfer-state")
+}
+
+impl Host {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(self.url("/v2/health/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "edgeinfer never became ready: {:?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "edgeinfer did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `[component.NAME]` table serving `source` at `route`.
+pub fn component(name: &str, route: &str, source: &str) -> String {
+    format!(
+        r#"
+[[trigger.http]]
+route = "{route}"
+component = "{name}"
+
+[component.{name}]
+source = "{source}"
+"#
+    )
+}
+
+pub fn manifest(body: &str) -> String {
+    format!(
+        r#"spin_manifest_version = 2
+
+[application]
+name = "test-app"
+{body}"#
+    )
+}
+
+/// The JSON `error` and `request_id` of an error response, checked for shape.
+pub async fn error_body(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let header_id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on every response")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: serde_json::Value = resp.json().await.expect("error bodies are JSON");
+    assert_eq!(
+        body["request_id"], header_id,
+        "request_id matches x-request-id"
+    );
+    (
+        status,
+        body["error"].as_str().expect("error message").to_string(),
+    )
+}

@@ -1,0 +1,52 @@
+//! Start-up and shutdown: SIGTERM drains calls in flight and exits 0.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{App, artifacts, component, manifest};
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let mut host = App::new(manifest(&component("probe", "/...", artifacts::PROBE)))
+        .start()
+        .await;
+    let slow = {
+        let client = host.client.clone();
+        let url = host.url("/probe/sleep?ms=1500");
+        tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // New connections are refused once draining starts.
+    let fresh = reqwest::Client::new();
+    assert!(fresh.get(host.url("/probe/counter")).send().await.is_err());
+
+    // The call in flight still completes.
+    assert_eq!(slow.await.unwrap(), (200, "slept".to_string()));
+    let status = host.wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(host.log().iter().any(|l| l.contains("stopped")));
+}
+
+#[tokio::test]
+async fn second_start_uses_the_compile_cache() {
+    let app = || App::new(manifest(&component("probe", "/...", artifacts::PROBE)));
+    let first = app().start().await;
+    drop(first);
+    let second = app().start().await;
+    assert!(
+        second
+            .log()
+            .iter()
+            .any(|l| l.contains("component ready") && l.contains("cached=true")),
+        "{:?}",
+        second.log()
+    );
+    assert_eq!(second.get("/probe/counter").await.status(), 200);
+}

@@ -1,0 +1,137 @@
+//! Misbehaving guests are contained: each gets a clear 5xx, and the host
+//! keeps serving everyone else.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{App, Host, artifacts, component, error_body, manifest};
+
+const TIMEOUT_MS: u64 = 1500;
+
+async fn host() -> Host {
+    App::new(manifest(&format!(
+        "{}{}",
+        component("probe", "/probe/...", artifacts::PROBE),
+        component("hello", "/hello", artifacts::HELLO),
+    )))
+    .runtime_config(format!(
+        "[component.probe]\ntimeout_ms = {TIMEOUT_MS}\nmax_memory_mb = 64\nmax_body_kb = 64\n"
+    ))
+    .start()
+    .await
+}
+
+async fn still_serving(host: &Host) {
+    let r = host.get("/hello").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello from edgeinfer\n");
+}
+
+#[tokio::test]
+async fn infinite_loop_is_stopped_at_the_deadline_with_504() {
+    let host = host().await;
+    let start = Instant::now();
+    let (status, msg) = error_body(host.get("/probe/loop").await).await;
+    let took = start.elapsed();
+    assert_eq!(status, 504, "{msg}");
+    assert!(msg.contains("deadline"), "{msg}");
+    assert!(
+        took >= Duration::from_millis(TIMEOUT_MS),
+        "stopped early: {took:?}"
+    );
+    // Generous: the point is that it is stopped, not how precisely.
+    assert!(
+        took < Duration::from_millis(TIMEOUT_MS * 4),
+        "stopped late: {took:?}"
+    );
+    still_serving(&host).await;
+}
+
+#[tokio::test]
+async fn a_looping_guest_does_not_starve_others() {
+    let host = host().await;
+    let looping = {
+        let client = host.client.clone();
+        let url = host.url("/probe/loop");
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Answered while the loop still runs.
+    still_serving(&host).await;
+    assert!(!looping.is_finished());
+    assert_eq!(looping.await.unwrap(), 504);
+}
+
+#[tokio::test]
+async fn memory_hog_hits_its_cap() {
+    let host = host().await;
+    let (status, msg) = error_body(host.get("/probe/alloc").await).await;
+    assert_eq!(status, 500);
+    assert!(msg.contains("memory limit of 64 MiB"), "{msg}");
+    still_serving(&host).await;
+}
+
+#[tokio::test]
+async fn stack_overflow_panic_and_huge_response_are_5xx() {
+    let host = host().await;
+    for path in ["/probe/stack", "/probe/deep", "/probe/panic", "/probe/big"] {
+        let (status, msg) = error_body(host.get(path).await).await;
+        assert_eq!(status, 500, "{path}: {msg}");
+        assert!(
+            msg.contains("trapped") || msg.contains("memory"),
+            "{path}: {msg}"
+        );
+        still_serving(&host).await;
+    }
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let host = host().await;
+    let big = vec![b'x'; 65 * 1024];
+    // Declared with Content-Length.
+    let (status, msg) = error_body(
+        host.client
+            .post(host.url("/probe/echo"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413, "{msg}");
+    // Chunked, so the size is only known while reading.
+    let chunks = futures_stream(big);
+    let (status, _) = error_body(
+        host.client
+            .post(host.url("/probe/echo"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+
+    // Just under the limit passes through intact.
+    let ok = vec![b'y'; 64 * 1024];
+    let r = host
+        .client
+        .post(host.url("/probe/echo"))
+        .body(ok.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), ok.as_slice());
+    still_serving(&host).await;
+}
+
+fn futures_stream(
+    data: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    tokio_stream::iter(chunks)
+}

@@ -254,7 +254,7 @@ impl Manifest {
             dir
         };
 
-        for (name, _) in &raw.variables {
+        for name in raw.variables.keys() {
             crate::variables::check_name(name)
                 .map_err(|m| src.error_for_key(format!("variables.{name}"), m))?;
         }
@@ -279,10 +279,10 @@ impl Manifest {
                 // Private routes are reachable only by service chaining, which
                 // edgeinfer does not offer; keep the component, skip the route.
                 RouteSpec::Private(PrivateRoute { private: true }) => {
-                    if let Some(c) = trigger.component {
-                        if let ComponentRef::Inline(spec) = c.into_inner() {
-                            specs.push((inline_name(&trigger.id, i), *spec));
-                        }
+                    if let Some(c) = trigger.component
+                        && let ComponentRef::Inline(spec) = c.into_inner()
+                    {
+                        specs.push((inline_name(&trigger.id, i), *spec));
                     }
                     continue;
                 }
@@ -435,14 +435,14 @@ impl Manifest {
         for (i, f) in spec.files.into_iter().enumerate() {
             let span = f.span();
             let f = f.into_inner();
-            if let FileMount::Dir(d) = &f {
-                if !d.destination.starts_with('/') {
-                    return Err(src.error_at(
-                        span,
-                        format!("{key}.files[{i}].destination"),
-                        "destination must be an absolute path",
-                    ));
-                }
+            if let FileMount::Dir(d) = &f
+                && !d.destination.starts_with('/')
+            {
+                return Err(src.error_at(
+                    span,
+                    format!("{key}.files[{i}].destination"),
+                    "destination must be an absolute path",
+                ));
             }
             files.push(f);
         }

@@ -152,7 +152,7 @@ impl<T> Router<T> {
             });
         }
         // Most specific first, so the first match is the best one.
-        entries.sort_by(|a, b| b.pattern.rank().cmp(&a.pattern.rank()));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.pattern.rank()));
         Ok(Self {
             base: base.to_string(),
             entries,

@@ -57,10 +57,11 @@ EOF
 run_edgeinfer() {
   exec "$EDGEINFER_BIN" up --from "$tmp/spin.toml" --listen 127.0.0.1:0 --state-dir "$tmp/state"
 }
-# hello exports wasi:http/handler@0.3.0 (WASIp3), which `wasmtime serve` only
-# takes with p3 and component-model-async on. Port 0: the kernel picks one.
-wasmtime_serve() { exec wasmtime serve -Scli -Sp3 -Wcomponent-model-async --addr 127.0.0.1:0 "$@" "$wasm"; }
-run_wasmtime-reuse() { wasmtime_serve; }   # its default: reuse instances
+# wasmtime 48's serve has WASIp3 (hello's wasi:http/handler@0.3.0) on by
+# default; -Scli adds the wasi:cli@0.2 imports spin-sdk links in. Port 0: the
+# kernel picks one and serve prints it.
+wasmtime_serve() { exec wasmtime serve -Scli --addr 127.0.0.1:0 "$@" "$wasm"; }
+run_wasmtime-reuse() { wasmtime_serve; }   # p3 default: 128 requests, 16 at once
 run_wasmtime-fresh() { wasmtime_serve --max-instance-reuse-count 1; }
 declare -A ready=([edgeinfer]=/v2/health/ready [wasmtime-reuse]=/ [wasmtime-fresh]=/)
 servers=(edgeinfer wasmtime-reuse wasmtime-fresh)
@@ -104,7 +105,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # --- Report: per-run rows, then median rps per server and edgeinfer's ratios.
-median() { grep "^$1 " "$results" | awk '{print $3}' | sort -n |
+median() { awk -v s="$1" '$1 == s { print $3 }' "$results" | sort -n |
   awk '{v[NR] = $1} END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 m_e=$(median edgeinfer); m_r=$(median wasmtime-reuse); m_f=$(median wasmtime-fresh)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }

@@ -147,10 +147,10 @@ impl Host {
     async fn wait_ready(&self) {
         let start = Instant::now();
         loop {
-            if let Ok(r) = self.client.get(self.url("/v2/health/ready")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.client.get(self.url("/v2/health/ready")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),

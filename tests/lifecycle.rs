@@ -50,3 +50,59 @@ async fn second_start_uses_the_compile_cache() {
     );
     assert_eq!(second.get("/probe/counter").await.status(), 200);
 }
+
+fn buildable(command: &str) -> App {
+    App::new(manifest(&format!(
+        r#"{}[component.hello.build]
+command = "{command}"
+workdir = "src"
+"#,
+        component("hello", "/hello", "out/hello.wasm")
+    )))
+    .file("src/.keep", "")
+}
+
+#[test]
+fn build_runs_each_components_build_command() {
+    let cmd = format!(
+        "mkdir -p ../out && cp {} ../out/hello.wasm",
+        artifacts::HELLO
+    );
+    let dir = buildable(&cmd).write();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .args(["build", "--from"])
+        .arg(dir.path().join("spin.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("out/hello.wasm").exists());
+
+    let dir = buildable("echo broken >&2; exit 3").write();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .args(["build", "--from"])
+        .arg(dir.path().join("spin.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("component `hello`") && err.contains("exit 3"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn up_build_builds_before_serving() {
+    let cmd = format!(
+        "mkdir -p ../out && cp {} ../out/hello.wasm",
+        artifacts::HELLO
+    );
+    let host = buildable(&cmd).arg("--build").start().await;
+    let r = host.get("/hello").await;
+    assert_eq!(r.status(), 200);
+    assert!(host.dir.path().join("out/hello.wasm").exists());
+}

@@ -104,6 +104,20 @@ impl RuntimeConfig {
             if let Some((field, _, msg)) = checks.iter().find(|(_, bad, _)| *bad) {
                 return Err(src.error_for_key(format!("{key}.{field}"), *msg));
             }
+            // Accepted by the schema (CONTRACTS.md) but not enforced yet: refuse
+            // rather than let a limit the user relies on silently do nothing.
+            let pending = [
+                ("max_concurrency", settings.max_concurrency.is_some()),
+                ("max_queue", settings.max_queue.is_some()),
+                ("queue_timeout_ms", settings.queue_timeout_ms.is_some()),
+                ("idle_unload_ms", settings.idle_unload_ms.is_some()),
+            ];
+            if let Some((field, _)) = pending.iter().find(|(_, set)| *set) {
+                return Err(src.error_for_key(
+                    format!("{key}.{field}"),
+                    "admission control and scale-to-zero are not implemented yet",
+                ));
+            }
             if settings.engine == Some(Engine::WasiNn) {
                 return Err(src.error_for_key(
                     format!("{key}.engine"),

@@ -25,6 +25,7 @@ pub struct App {
     pub runtime_config: Option<String>,
     pub files: Vec<(String, Vec<u8>)>,
     pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
 }
 
 impl App {
@@ -34,7 +35,14 @@ impl App {
             runtime_config: None,
             files: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    /// Extra arguments for `edgeinfer up`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
     }
 
     pub fn runtime_config(mut self, text: impl Into<String>) -> Self {
@@ -52,7 +60,7 @@ impl App {
         self
     }
 
-    fn write(&self) -> tempfile::TempDir {
+    pub fn write(&self) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("spin.toml"), &self.manifest).unwrap();
         if let Some(rc) = &self.runtime_config {
@@ -72,6 +80,7 @@ impl App {
             .args(["up", "--listen", "127.0.0.1:0", "--state-dir"])
             // Shared by all tests, so each component is compiled only once.
             .arg(shared_state_dir())
+            .args(&self.args)
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())

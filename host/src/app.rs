@@ -62,6 +62,14 @@ impl Plan {
         })
     }
 
+    /// The given state dir, or `.edgeinfer` beside the manifest; created if missing.
+    pub fn state_dir(&self, given: Option<PathBuf>) -> Result<PathBuf> {
+        let dir = given.unwrap_or_else(|| self.manifest.dir.join(".edgeinfer"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating state dir {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The pool must fit the largest per-instance memory any component may use.
     pub fn pool_settings(&self) -> PoolSettings {
         let max_memory_bytes = self
@@ -103,7 +111,8 @@ impl App {
         let mut staged = Vec::new();
         for (id, c) in &plan.manifest.components {
             let limits = plan.runtime.settings(id).limits();
-            let caps = capabilities(c, &plan, &limits, state_dir, &mut staged)
+            let caps = plan
+                .capabilities(c, &limits, state_dir, &mut staged)
                 .with_context(|| format!("component `{id}`"))?;
             let started = std::time::Instant::now();
             let compiled = cache
@@ -136,33 +145,36 @@ impl App {
     }
 }
 
-fn capabilities(
-    c: &Component,
-    plan: &Plan,
-    limits: &Limits,
-    state_dir: &Path,
-    staged: &mut Vec<tempfile::TempDir>,
-) -> Result<Capabilities> {
-    let variables = c
-        .variables
-        .iter()
-        .map(|(k, t)| (k.clone(), t.render(&plan.variables)))
-        .collect();
-    let mut allowed = Vec::new();
-    for tpl in &c.allowed_outbound_hosts {
-        let text = tpl.render(&plan.variables);
-        allowed.push(
-            HostPattern::parse(&text)
-                .map_err(|e| anyhow::anyhow!("allowed_outbound_hosts: {e}"))?,
-        );
+impl Plan {
+    /// What an instance of `c` may touch, with every template rendered.
+    pub fn capabilities(
+        &self,
+        c: &Component,
+        limits: &Limits,
+        state_dir: &Path,
+        staged: &mut Vec<tempfile::TempDir>,
+    ) -> Result<Capabilities> {
+        let variables = c
+            .variables
+            .iter()
+            .map(|(k, t)| (k.clone(), t.render(&self.variables)))
+            .collect();
+        let mut allowed = Vec::new();
+        for tpl in &c.allowed_outbound_hosts {
+            let text = tpl.render(&self.variables);
+            allowed.push(
+                HostPattern::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("allowed_outbound_hosts: {e}"))?,
+            );
+        }
+        Ok(Capabilities {
+            environment: c.environment.clone().into_iter().collect(),
+            mounts: stage_files(c, &self.manifest.dir, state_dir, staged)?,
+            variables: Arc::new(variables),
+            outbound: OutboundPolicy::new(allowed),
+            max_memory_bytes: limits.max_memory_bytes,
+        })
     }
-    Ok(Capabilities {
-        environment: c.environment.clone().into_iter().collect(),
-        mounts: stage_files(c, &plan.manifest.dir, state_dir, staged)?,
-        variables: Arc::new(variables),
-        outbound: OutboundPolicy::new(allowed),
-        max_memory_bytes: limits.max_memory_bytes,
-    })
 }
 
 /// Resolves `files`: directory mappings are mounted as they are; glob matches

@@ -1,18 +1,18 @@
 //! `edgeinfer build`: runs each component's `[component.X.build]` commands,
-//! as `spin build` does.
+//! as `spin build` does, then bakes the components that ask for it
+//! (`[component.X.tool.edgeinfer] bake = "built.wasm"`).
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::manifest::Manifest;
+use crate::app::Plan;
 
-pub fn build_all(manifest: &Manifest) -> Result<()> {
+pub async fn build_all(plan: &Plan, state_dir: &Path) -> Result<()> {
+    let manifest = &plan.manifest;
     for (id, c) in &manifest.components {
-        let Some(build) = &c.build else {
-            tracing::info!(component = %id, "no build command");
-            continue;
-        };
+        let Some(build) = &c.build else { continue };
         let workdir = match &build.workdir {
             Some(w) => manifest.dir.join(w),
             None => manifest.dir.clone(),
@@ -29,7 +29,35 @@ pub fn build_all(manifest: &Manifest) -> Result<()> {
                 bail!("building component `{id}`: `{command}` failed ({status})");
             }
         }
-        if !c.source.exists() {
+    }
+
+    let mut engine = None;
+    for (id, c) in &manifest.components {
+        let Some(input) = &c.bake_from else { continue };
+        let engine = match &mut engine {
+            Some(e) => e,
+            None => engine.insert(crate::bake::engine()?),
+        };
+        let limits = plan.runtime.settings(id).limits();
+        let mut staged = Vec::new();
+        let caps = plan
+            .capabilities(c, &limits, state_dir, &mut staged)
+            .with_context(|| format!("component `{id}`"))?;
+        let started = std::time::Instant::now();
+        let baked = crate::bake::bake(engine, &caps, input, &c.source)
+            .await
+            .with_context(|| format!("baking component `{id}`"))?;
+        if baked {
+            eprintln!(
+                "Baked component {id} into {} in {:.1}s",
+                c.source.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    for (id, c) in &manifest.components {
+        if c.build.is_some() && !c.source.exists() {
             bail!(
                 "building component `{id}` succeeded but its source {} does not exist",
                 c.source.display()

@@ -23,6 +23,8 @@ pub struct PoolSettings {
     pub instances: u32,
     /// Largest linear memory any instance may have.
     pub max_memory_bytes: u64,
+    /// Per memory slot, kept mapped between instances.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for PoolSettings {
@@ -30,6 +32,7 @@ impl Default for PoolSettings {
         Self {
             instances: 1000,
             max_memory_bytes: 256 << 20,
+            keep_resident_bytes: 4 << 20,
         }
     }
 }
@@ -56,10 +59,14 @@ pub fn new_engine(pool: &PoolSettings) -> Result<Engine> {
     pooling.max_memory_size(pool.max_memory_bytes as usize);
     pooling.max_component_instance_size(1 << 20);
     pooling.max_core_instance_size(1 << 20);
-    // Keep the first pages of a reused slot mapped: most handlers touch only a
-    // few, and resetting them with memset beats another page fault.
-    pooling.linear_memory_keep_resident(1 << 20);
+    // A fresh instance per request lives or dies by slot reuse. Keep reused
+    // slots' pages mapped and, where the kernel has PAGEMAP_SCAN (6.7+), reset
+    // only the pages the last instance dirtied instead of page-faulting them
+    // all back in.
+    pooling.pagemap_scan(wasmtime::Enabled::Auto);
+    pooling.linear_memory_keep_resident(pool.keep_resident_bytes);
     pooling.table_keep_resident(64 << 10);
+    pooling.async_stack_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     // Reservations must cover the largest memory allowed, plus a guard.
     config.memory_reservation(pool.max_memory_bytes.next_power_of_two().max(1 << 32));

@@ -102,9 +102,9 @@ impl Runnable {
                                 tx,
                             )
                         })?;
-                        prepared
-                            .run(accessor, tokio::time::sleep_until(deadline.into()))
-                            .await?;
+                        // The deadline is enforced around the whole instance
+                        // below (and by epochs inside guest code).
+                        prepared.run(accessor, std::future::pending()).await?;
                         // The response may still be streaming from a guest task.
                         poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
                         wasmtime::Result::<()>::Ok(())

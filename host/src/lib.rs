@@ -6,6 +6,7 @@
 //! `runtime_config` and `variables` read the app; `app` ties them together.
 
 pub mod app;
+pub mod bake;
 pub mod build;
 pub mod engine;
 pub mod invoke;

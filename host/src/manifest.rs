@@ -135,12 +135,30 @@ pub struct ComponentSpec {
     pub targets: Option<Vec<String>>,
     #[serde(default)]
     pub build: Option<BuildSpec>,
+    /// Per-tool settings; Spin ignores tools it does not know.
     #[serde(default)]
-    pub tool: Option<toml::Table>,
+    pub tool: Tools,
     #[serde(default)]
     pub dependencies_inherit_configuration: bool,
     #[serde(default)]
     pub dependencies: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Tools {
+    #[serde(default)]
+    pub edgeinfer: Option<EdgeinferTool>,
+    /// Other tools' tables are theirs to check.
+    #[serde(flatten)]
+    pub others: BTreeMap<String, toml::Value>,
+}
+
+/// `[component.X.tool.edgeinfer]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeinferTool {
+    /// The component as built; `edgeinfer build` pre-initializes it into `source`.
+    pub bake: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +231,8 @@ pub struct Component {
     pub variables: BTreeMap<String, Template>,
     pub allowed_outbound_hosts: Vec<Template>,
     pub build: Option<BuildSpec>,
+    /// Built, not yet pre-initialized component; `source` is the baked result.
+    pub bake_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -455,6 +475,11 @@ impl Manifest {
             variables,
             allowed_outbound_hosts,
             build: spec.build,
+            bake_from: spec
+                .tool
+                .edgeinfer
+                .and_then(|t| t.bake)
+                .map(|p| dir.join(p)),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `edgeinfer up`: check the app, listen, compile, serve, drain on signal.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -18,16 +18,18 @@ pub struct UpOptions {
     pub build: bool,
 }
 
+pub async fn build(manifest: &Path) -> Result<()> {
+    let plan = Plan::load(manifest, None)?;
+    let state_dir = plan.state_dir(None)?;
+    crate::build::build_all(&plan, &state_dir).await
+}
+
 pub async fn up(opts: UpOptions) -> Result<()> {
     let plan = Plan::load(&opts.manifest, opts.runtime_config.as_deref())?;
+    let state_dir = plan.state_dir(opts.state_dir)?;
     if opts.build {
-        crate::build::build_all(&plan.manifest)?;
+        crate::build::build_all(&plan, &state_dir).await?;
     }
-    let state_dir = opts
-        .state_dir
-        .unwrap_or_else(|| plan.manifest.dir.join(".edgeinfer"));
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
 
     let engine = new_engine(&plan.pool_settings())?;
     let _epochs = EpochClock::start(engine.clone());

@@ -106,7 +106,7 @@ done
 
 # --- Report: per-run rows, then median rps per server and edgeinfer's ratios.
 median() { awk -v s="$1" '$1 == s { print $3 }' "$results" | sort -n |
-  awk '{v[NR] = $1} END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+  awk '{v[NR] = $1} END { printf "%.0f\n", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 m_e=$(median edgeinfer); m_r=$(median wasmtime-reuse); m_f=$(median wasmtime-fresh)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 

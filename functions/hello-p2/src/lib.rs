@@ -23,7 +23,8 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloP2 {
 
         let mut out = body.write().expect("stream is taken once");
         // wasip2 implements `io::Write` for output-stream, waiting on check-write as needed.
-        out.write_all(b"Hello from edgeinfer\n").expect("write body");
+        out.write_all(b"Hello from edgeinfer\n")
+            .expect("write body");
         out.flush().expect("flush body");
         drop(out); // the stream must be dropped before the body is finished
         OutgoingBody::finish(body, None).expect("finish body");

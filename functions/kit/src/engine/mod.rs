@@ -1,0 +1,176 @@
+//! Inference engines behind one trait, so a model function does not care whether
+//! tract runs inside the component or the host runs the model (a later `wasi:nn` engine).
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use crate::KitError;
+use crate::tensor::{DataType, Tensor};
+
+#[cfg(feature = "tract")]
+mod tract;
+#[cfg(feature = "tract")]
+pub use self::tract::{TractEngine, TractOptions, linalg_tiers};
+
+/// A model input or output as the model declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    /// `None` is a dynamic dim (a batch size N, a sequence length...).
+    pub shape: Vec<Option<usize>>,
+}
+
+impl TensorSpec {
+    /// The shape in OIP metadata form: dynamic dims as -1.
+    pub fn oip_shape(&self) -> Vec<i64> {
+        self.shape
+            .iter()
+            .map(|d| d.map_or(-1, |d| d as i64))
+            .collect()
+    }
+}
+
+/// Runs a model on kit tensors.
+pub trait Engine {
+    fn inputs(&self) -> &[TensorSpec];
+    fn outputs(&self) -> &[TensorSpec];
+    /// Runs the model. Inputs may come in any order; they are matched by name.
+    /// A mismatch with the model (name, datatype, rank, fixed dims) is a
+    /// `KitError::BadRequest`, found before anything runs.
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KitError>;
+}
+
+/// Checks `inputs` against `specs` (names, datatypes, ranks, fixed dims; dynamic
+/// dims must be non-zero) and returns them in the order of `specs`. Every engine
+/// calls this before running, so a bad request never reaches the model.
+pub fn check_inputs(specs: &[TensorSpec], inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KitError> {
+    let expected = || {
+        specs
+            .iter()
+            .map(|s| format!("'{}' {} {:?}", s.name, s.datatype, s.oip_shape()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut seen = HashSet::new();
+    for t in &inputs {
+        if !seen.insert(t.name.as_str()) {
+            return Err(KitError::bad_request(format!(
+                "input '{}' is given twice",
+                t.name
+            )));
+        }
+        if !specs.iter().any(|s| s.name == t.name) {
+            return Err(KitError::bad_request(format!(
+                "unknown input '{}' (the model takes {})",
+                t.name,
+                expected()
+            )));
+        }
+    }
+    let mut by_name: Vec<Option<Tensor>> = inputs.into_iter().map(Some).collect();
+    specs
+        .iter()
+        .map(|spec| {
+            let tensor = by_name
+                .iter_mut()
+                .find(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
+                .and_then(Option::take)
+                .ok_or_else(|| {
+                    KitError::bad_request(format!(
+                        "missing input '{}' (the model takes {})",
+                        spec.name,
+                        expected()
+                    ))
+                })?;
+            check_input(spec, &tensor)?;
+            Ok(tensor)
+        })
+        .collect()
+}
+
+/// Checks one tensor against its spec.
+pub fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<(), KitError> {
+    let fail = |why: String| {
+        Err(KitError::bad_request(format!(
+            "input '{}': {why}",
+            spec.name
+        )))
+    };
+    if t.datatype() != spec.datatype {
+        return fail(format!(
+            "datatype {}, the model expects {}",
+            t.datatype(),
+            spec.datatype
+        ));
+    }
+    if t.shape.len() != spec.shape.len() {
+        return fail(format!(
+            "shape {:?} has rank {}, the model expects rank {} {:?}",
+            t.shape,
+            t.shape.len(),
+            spec.shape.len(),
+            spec.oip_shape()
+        ));
+    }
+    for (ix, (&got, want)) in t.shape.iter().zip(&spec.shape).enumerate() {
+        match *want {
+            Some(want) if got != want => {
+                return fail(format!(
+                    "shape {:?}: dim {ix} is {got}, the model expects {want} (shape {:?})",
+                    t.shape,
+                    spec.oip_shape()
+                ));
+            }
+            None if got == 0 => {
+                return fail(format!("shape {:?}: dim {ix} is empty", t.shape));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An engine built on first use and kept for the life of the instance, in a
+/// `static`. Pre-initialization (see [`export_wizer_init!`](crate::export_wizer_init))
+/// builds it ahead of time so a fresh instance finds it ready; without it the
+/// first request builds it.
+pub struct LazyEngine<E> {
+    cell: OnceLock<Result<E, KitError>>,
+    build: fn() -> Result<E, KitError>,
+}
+
+impl<E> LazyEngine<E> {
+    /// `build` parses/optimizes/plans the model; it runs at most once.
+    pub const fn new(build: fn() -> Result<E, KitError>) -> Self {
+        LazyEngine {
+            cell: OnceLock::new(),
+            build,
+        }
+    }
+
+    /// The engine, built now if it was not yet. A build failure is remembered and
+    /// returned as a `KitError::Internal` to every caller.
+    pub fn get(&self) -> Result<&E, KitError> {
+        match self.cell.get_or_init(|| (self.build)()) {
+            Ok(engine) => Ok(engine),
+            Err(e) => Err(KitError::internal(format!(
+                "loading the model failed: {}",
+                e.message()
+            ))),
+        }
+    }
+
+    /// Whether the engine has been built successfully.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.cell.get(), Some(Ok(_)))
+    }
+
+    /// Builds the engine now, panicking if that fails: for pre-initialization,
+    /// where a failure must abort the build rather than be baked in.
+    pub fn init(&self) {
+        if let Err(e) = self.get() {
+            panic!("{e}");
+        }
+    }
+}

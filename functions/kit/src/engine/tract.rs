@@ -1,0 +1,282 @@
+//! The tract engine: parses, optimizes and plans an ONNX model inside the
+//! component. All tract types stay in this file.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, TDim, TVec,
+    Tensor as TractTensor, TypedFact, TypedRunnableModel, TypedSimplePlan,
+};
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
+
+use super::{Engine, TensorSpec, check_inputs};
+use crate::KitError;
+use crate::tensor::{DataType, Tensor, TensorData};
+
+/// An ONNX model run by tract, optimized and planned once.
+///
+/// Dynamic input dims (an ONNX `dim_param` such as `N`, or an unnamed dim) stay
+/// symbolic in the optimized model, and tract resolves them from the input
+/// shapes at each run: one plan serves every batch size.
+pub struct TractEngine {
+    plan: Arc<TypedRunnableModel>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    /// Per input, per dim: the symbol name if the dim is a bare symbol, so the
+    /// same symbol on two inputs (a shared batch size) can be checked for agreement.
+    input_symbols: Vec<Vec<Option<String>>>,
+}
+
+/// Options for loading an ONNX model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TractOptions {
+    /// Ignore the graph's `value_info` shape hints (some exporters write wrong ones).
+    pub ignore_value_info: bool,
+}
+
+impl TractEngine {
+    /// Parses, optimizes and plans an ONNX model.
+    pub fn from_onnx(bytes: &[u8]) -> Result<Self, KitError> {
+        Self::from_onnx_with(bytes, TractOptions::default())
+    }
+
+    pub fn from_onnx_with(bytes: &[u8], options: TractOptions) -> Result<Self, KitError> {
+        let internal = |what: &str, e: tract_onnx::prelude::TractError| {
+            KitError::internal(format!("{what}: {e:#}"))
+        };
+        let mut model = tract_onnx::onnx()
+            .with_ignore_value_info(options.ignore_value_info)
+            .model_for_read(&mut Cursor::new(bytes))
+            .map_err(|e| internal("parsing the ONNX model", e))?;
+
+        // An input dim the file leaves unnamed (no dim_value, no dim_param) gets a
+        // symbol of its own, so that typing can proceed and it stays dynamic.
+        for ix in 0..model.inputs.len() {
+            let fact: InferenceFact = model
+                .input_fact(ix)
+                .map_err(|e| internal("reading the input facts", e))?
+                .clone();
+            if fact.shape.is_open() {
+                continue; // unknown rank: leave it to tract's analysis
+            }
+            let mut changed = false;
+            let dims: TVec<DimFact> = fact
+                .shape
+                .dims()
+                .enumerate()
+                .map(|(d, dim)| {
+                    if dim.concretize().is_some() {
+                        dim.clone()
+                    } else {
+                        changed = true;
+                        DimFact::from(TDim::Sym(model.symbols.sym(&format!("in{ix}_d{d}"))))
+                    }
+                })
+                .collect();
+            if changed {
+                model
+                    .set_input_fact(ix, fact.with_shape(ShapeFactoid::closed(dims)))
+                    .map_err(|e| internal("setting the input facts", e))?;
+            }
+        }
+
+        let typed = model
+            .into_optimized()
+            .map_err(|e| internal("optimizing the model", e))?;
+
+        let mut inputs = Vec::new();
+        let mut input_symbols = Vec::new();
+        for (ix, outlet) in typed
+            .input_outlets()
+            .map_err(|e| internal("inputs", e))?
+            .iter()
+            .enumerate()
+        {
+            let name = typed.node(outlet.node).name.clone();
+            let fact = typed.input_fact(ix).map_err(|e| internal("inputs", e))?;
+            inputs.push(spec(name, fact)?);
+            input_symbols.push(
+                fact.shape
+                    .dims()
+                    .iter()
+                    .map(|d| match d {
+                        TDim::Sym(s) => Some(s.to_string()),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+        let mut outputs = Vec::new();
+        for outlet in typed.output_outlets().map_err(|e| internal("outputs", e))? {
+            let name = typed
+                .outlet_label(*outlet)
+                .map(str::to_owned)
+                .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+            let fact = typed
+                .outlet_fact(*outlet)
+                .map_err(|e| internal("outputs", e))?;
+            outputs.push(spec(name, fact)?);
+        }
+
+        let plan: Arc<TypedSimplePlan> =
+            TypedSimplePlan::new(typed).map_err(|e| internal("planning the model", e))?;
+        Ok(TractEngine {
+            plan,
+            inputs,
+            outputs,
+            input_symbols,
+        })
+    }
+
+    /// Dims that are the same symbol on several inputs must agree.
+    fn check_symbols(&self, inputs: &[Tensor]) -> Result<(), KitError> {
+        let mut bound: HashMap<&str, (usize, &str, usize)> = HashMap::new();
+        for (t, syms) in inputs.iter().zip(&self.input_symbols) {
+            for (d, sym) in syms.iter().enumerate() {
+                let Some(sym) = sym else { continue };
+                let value = t.shape[d];
+                match bound.get(sym.as_str()) {
+                    Some(&(v, other, od)) if v != value => {
+                        return Err(KitError::bad_request(format!(
+                            "input '{}' dim {d} is {value} but input '{other}' dim {od} is {v}: they must be equal",
+                            t.name
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        bound.insert(sym, (value, &t.name, d));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine for TractEngine {
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KitError> {
+        let inputs = check_inputs(&self.inputs, inputs)?;
+        self.check_symbols(&inputs)?;
+        let values = inputs
+            .iter()
+            .map(|t| to_tract(t).map(IntoTValue::into_tvalue))
+            .collect::<Result<TVec<_>, _>>()?;
+        let results = self
+            .plan
+            .run(values)
+            .map_err(|e| KitError::internal(format!("running the model: {e:#}")))?;
+        results
+            .iter()
+            .zip(&self.outputs)
+            .map(|(value, spec)| from_tract(&spec.name, value))
+            .collect()
+    }
+}
+
+fn spec(name: String, fact: &TypedFact) -> Result<TensorSpec, KitError> {
+    let datatype = datatype(fact.datum_type).ok_or_else(|| {
+        KitError::internal(format!(
+            "'{name}' has datatype {:?}, which has no OIP equivalent",
+            fact.datum_type
+        ))
+    })?;
+    let shape = fact
+        .shape
+        .dims()
+        .iter()
+        .map(|d| d.as_i64().and_then(|d| usize::try_from(d).ok()))
+        .collect();
+    Ok(TensorSpec {
+        name,
+        datatype,
+        shape,
+    })
+}
+
+/// The OIP datatype a tract datum type is served as. Narrow integer types
+/// without an OIP name in the kit widen (I16/U16 to INT32, U32/U64/TDim to INT64).
+fn datatype(dt: DatumType) -> Option<DataType> {
+    Some(match dt {
+        DatumType::F32 => DataType::Fp32,
+        DatumType::F64 => DataType::Fp64,
+        DatumType::F16 => DataType::Fp16,
+        DatumType::I64 | DatumType::U32 | DatumType::U64 | DatumType::TDim => DataType::Int64,
+        DatumType::I32 | DatumType::I16 | DatumType::U16 => DataType::Int32,
+        DatumType::I8 => DataType::Int8,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::Bool => DataType::Bool,
+        _ => return None,
+    })
+}
+
+fn to_tract(t: &Tensor) -> Result<TractTensor, KitError> {
+    let shape = &t.shape;
+    let r = match &t.data {
+        TensorData::Fp32(v) => TractTensor::from_shape(shape, v),
+        TensorData::Fp64(v) => TractTensor::from_shape(shape, v),
+        TensorData::Fp16(v) => TractTensor::from_shape(shape, v),
+        TensorData::Int64(v) => TractTensor::from_shape(shape, v),
+        TensorData::Int32(v) => TractTensor::from_shape(shape, v),
+        TensorData::Int8(v) => TractTensor::from_shape(shape, v),
+        TensorData::Uint8(v) => TractTensor::from_shape(shape, v),
+        TensorData::Bool(v) => TractTensor::from_shape(shape, v),
+    };
+    r.map_err(|e| KitError::bad_request(format!("input '{}': {e:#}", t.name)))
+}
+
+fn from_tract(name: &str, t: &TractTensor) -> Result<Tensor, KitError> {
+    let internal = |e: tract_onnx::prelude::TractError| {
+        KitError::internal(format!("reading output '{name}': {e:#}"))
+    };
+    let dt = datatype(t.datum_type()).ok_or_else(|| {
+        KitError::internal(format!(
+            "output '{name}' has datatype {:?}, which has no OIP equivalent",
+            t.datum_type()
+        ))
+    })?;
+    let wanted = match dt {
+        DataType::Fp32 => DatumType::F32,
+        DataType::Fp64 => DatumType::F64,
+        DataType::Fp16 => DatumType::F16,
+        DataType::Int64 => DatumType::I64,
+        DataType::Int32 => DatumType::I32,
+        DataType::Int8 => DatumType::I8,
+        DataType::Uint8 => DatumType::U8,
+        DataType::Bool => DatumType::Bool,
+    };
+    let t = t.cast_to_dt(wanted).map_err(internal)?;
+    let view = t.try_as_plain_ram().map_err(internal)?;
+    let data = match dt {
+        DataType::Fp32 => TensorData::Fp32(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Fp64 => TensorData::Fp64(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Fp16 => TensorData::Fp16(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Int64 => TensorData::Int64(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Int32 => TensorData::Int32(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Int8 => TensorData::Int8(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Uint8 => TensorData::Uint8(view.as_slice().map_err(internal)?.to_vec()),
+        DataType::Bool => TensorData::Bool(view.as_slice().map_err(internal)?.to_vec()),
+    };
+    Tensor::new(name, t.shape().to_vec(), data).map_err(|e| KitError::internal(e.message()))
+}
+
+/// The tract-linalg matrix-multiply dispatch tiers that apply in this build on
+/// this machine, best first, e.g. `["wasm-simd128", "generic"]` in a component
+/// built with `+simd128`. A diagnostic: it shows that the SIMD kernels were
+/// compiled in and registered (their registration runs as a constructor).
+pub fn linalg_tiers() -> Vec<&'static str> {
+    use tract_onnx::tract_core::tract_linalg::{isa, mmm_tiers};
+    mmm_tiers::for_isa(&isa::native())
+        .iter()
+        .map(|t| t.name)
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! edgeinfer-kit: the plumbing every edgeinfer model function shares, with no
+//! per-model logic. A model crate embeds its ONNX file, declares a
+//! [`LazyEngine`](engine::LazyEngine), does its own pre/post-processing, and
+//! hands `/v2/models/...` to [`oip::serve`].
+//!
+//! - [`tensor`]: kit-owned tensors in the OIP datatypes.
+//! - [`decode`]: JSON, OIP inference requests, raw bytes, PNG.
+//! - [`engine`]: the [`Engine`](engine::Engine) trait, input checks, the tract engine.
+//! - [`respond`]: JSON replies, OIP responses and metadata, errors.
+//! - [`oip`]: the OIP v2 router for one model.
+//! - [`export_wizer_init!`]: the pre-initialization hook.
+//!
+//! ```ignore
+//! static MODEL: LazyEngine<TractEngine> =
+//!     LazyEngine::new(|| TractEngine::from_onnx(include_bytes!("model.onnx")));
+//! kit::export_wizer_init!(|| MODEL.init());
+//! ```
+
+pub mod decode;
+pub mod engine;
+mod error;
+pub mod oip;
+pub mod respond;
+pub mod tensor;
+
+pub use error::KitError;
+
+/// Not public API: what [`export_wizer_init!`] expands to needs.
+#[doc(hidden)]
+pub mod __private {
+    pub use spin_sdk::wit_bindgen;
+}
+
+/// Exports the component-level function `wizer-initialize: func()`, which runs
+/// `$init` (a `fn()` or a non-capturing closure). Pre-initialization (wizer with
+/// `--keep-init-func=true`) calls it once at build time and snapshots the
+/// instance, so whatever `$init` leaves in statics, typically an engine in a
+/// [`LazyEngine`](engine::LazyEngine) via `MODEL.init()`, is ready in every fresh
+/// instance. Requests still work without pre-initialization: the engine is then
+/// built on first use. Use it once per component crate, at the crate root.
+#[macro_export]
+macro_rules! export_wizer_init {
+    ($init:expr) => {
+        #[doc(hidden)]
+        const __KIT_WIZER_INIT: fn() = $init;
+
+        #[doc(hidden)]
+        mod __kit_wizer_init {
+            $crate::__private::wit_bindgen::generate!({
+                inline: "package edgeinfer:wizer;\nworld init {\n  export wizer-initialize: func();\n}\n",
+                world: "edgeinfer:wizer/init",
+                runtime_path: "::kit::__private::wit_bindgen::rt",
+            });
+
+            struct Init;
+
+            impl Guest for Init {
+                fn wizer_initialize() {
+                    (super::__KIT_WIZER_INIT)()
+                }
+            }
+
+            export!(Init);
+        }
+    };
+}

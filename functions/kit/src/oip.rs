@@ -1,0 +1,141 @@
+//! The Open Inference Protocol v2 routes of one model:
+//!
+//! - `GET  /v2/models/NAME` (also `/v2/models/NAME/versions/1`): metadata
+//! - `GET  /v2/models/NAME/ready`: `{"name","ready":true}`
+//! - `POST /v2/models/NAME/infer`: inference
+//!
+//! and a 404 JSON for any other model name or sub-path under `/v2/models/`.
+//! The path may carry a prefix before `/v2/models/` (whatever the host routed).
+
+use spin_sdk::http::body::IncomingBodyExt as _;
+use spin_sdk::http::{Method, Request};
+
+use crate::KitError;
+use crate::decode;
+use crate::engine::{Engine, LazyEngine};
+use crate::respond::{self, Reply};
+
+const PREFIX: &str = "/v2/models/";
+
+/// What an OIP path asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metadata,
+    Ready,
+    Infer,
+}
+
+/// Whether `path` is under `/v2/models/` (so [`serve`] should answer it).
+pub fn is_oip_path(path: &str) -> bool {
+    path.contains(PREFIX) || path.ends_with("/v2/models")
+}
+
+/// Parses the part of `path` after `/v2/models/` for model `name`. Unknown model
+/// names, versions other than `1` and unknown sub-paths are `NotFound`.
+pub fn parse_path(path: &str, name: &str) -> Result<Route, KitError> {
+    let rest = match path.find(PREFIX) {
+        Some(at) => &path[at + PREFIX.len()..],
+        None => return Err(KitError::not_found(format!("no route for {path}"))),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut parts = rest.split('/');
+    let model = parts.next().unwrap_or_default();
+    if model != name {
+        return Err(KitError::not_found(format!(
+            "unknown model '{model}' (this function serves '{name}')"
+        )));
+    }
+    let mut parts: Vec<&str> = parts.collect();
+    if let ["versions", version, ..] = parts[..] {
+        if version != "1" {
+            return Err(KitError::not_found(format!(
+                "model '{name}' has no version '{version}' (versions: 1)"
+            )));
+        }
+        parts.drain(..2);
+    }
+    match parts[..] {
+        [] => Ok(Route::Metadata),
+        ["ready"] => Ok(Route::Ready),
+        ["infer"] => Ok(Route::Infer),
+        _ => Err(KitError::not_found(format!("no route for {path}"))),
+    }
+}
+
+/// Serves an OIP request for model `name` (reads the body only for `infer`).
+pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) -> Reply {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let route = match parse_path(&path, name) {
+        Ok(route) => route,
+        Err(e) => return respond::error(&e),
+    };
+    let body = if route == Route::Infer && method == Method::POST {
+        match req.into_body().bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return respond::error(&KitError::bad_request(format!("reading the body: {e:?}")));
+            }
+        }
+    } else {
+        Default::default()
+    };
+    respond::result(handle(
+        route,
+        &method,
+        name,
+        || engine.get().map(|e| e as &dyn Engine),
+        &body,
+    ))
+}
+
+/// The synchronous core of [`serve`], for a route already parsed and a body already read.
+pub fn handle<'e>(
+    route: Route,
+    method: &Method,
+    name: &str,
+    engine: impl FnOnce() -> Result<&'e dyn Engine, KitError>,
+    body: &[u8],
+) -> Result<Reply, KitError> {
+    let allow = |allowed: &str| {
+        KitError::MethodNotAllowed(format!("{method} is not allowed here (allowed: {allowed})"))
+    };
+    match route {
+        Route::Metadata | Route::Ready if *method != Method::GET && *method != Method::HEAD => {
+            Err(allow("GET, HEAD"))
+        }
+        Route::Infer if *method != Method::POST => Err(allow("POST")),
+        Route::Metadata => Ok(respond::ok(&respond::metadata_body(name, engine()?))),
+        Route::Ready => {
+            engine()?;
+            Ok(respond::ok(
+                &serde_json::json!({ "name": name, "ready": true }),
+            ))
+        }
+        Route::Infer => {
+            let request = decode::infer_request(body)?;
+            let engine = engine()?;
+            let unknown = request
+                .outputs
+                .iter()
+                .flatten()
+                .find(|w| !engine.outputs().iter().any(|o| &o.name == *w));
+            if let Some(unknown) = unknown {
+                let names: Vec<&str> = engine.outputs().iter().map(|o| o.name.as_str()).collect();
+                return Err(KitError::bad_request(format!(
+                    "unknown output '{unknown}' (the model has {})",
+                    names.join(", ")
+                )));
+            }
+            let mut outputs = engine.run(request.inputs)?;
+            if let Some(wanted) = &request.outputs {
+                outputs.retain(|o| wanted.contains(&o.name));
+            }
+            Ok(respond::ok(&respond::infer_body(
+                name,
+                request.id.as_deref(),
+                &outputs,
+            )))
+        }
+    }
+}

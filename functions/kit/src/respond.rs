@@ -1,0 +1,95 @@
+//! Response encoding: JSON bodies, OIP v2 inference responses and model metadata,
+//! and errors as `{"error": "..."}` with the status of their [`KitError`] variant.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+use spin_sdk::http::{FullBody, Response, StatusCode};
+
+use crate::KitError;
+use crate::engine::{Engine, TensorSpec};
+use crate::tensor::Tensor;
+
+/// The response type every kit helper returns.
+pub type Reply = Response<FullBody<Bytes>>;
+
+/// `value` as a JSON body with `status`.
+pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(body) => bytes(status, "application/json", body),
+        Err(e) => error(&KitError::internal(format!("encoding the response: {e}"))),
+    }
+}
+
+/// 200 with `value` as JSON.
+pub fn ok<T: Serialize + ?Sized>(value: &T) -> Reply {
+    json(200, value)
+}
+
+/// A body with an explicit content type.
+pub fn bytes(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(FullBody::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(ct) = content_type.parse() {
+        resp.headers_mut().insert("content-type", ct);
+    }
+    resp
+}
+
+/// `{"error": "..."}` with the error's status (400, 404, 405, 500).
+pub fn error(err: &KitError) -> Reply {
+    json(err.status(), &json!({ "error": err.message() }))
+}
+
+/// `Ok` as it is, `Err` as [`error`].
+pub fn result(r: Result<Reply, KitError>) -> Reply {
+    r.unwrap_or_else(|e| error(&e))
+}
+
+impl From<KitError> for Reply {
+    fn from(e: KitError) -> Self {
+        error(&e)
+    }
+}
+
+/// The OIP v2 inference response body:
+/// `{"model_name","model_version","id"?,"outputs":[{"name","shape","datatype","data"}]}`.
+#[derive(Debug, Serialize)]
+pub struct InferResponse<'a> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    pub outputs: &'a [Tensor],
+}
+
+pub fn infer_body<'a>(
+    model_name: &'a str,
+    id: Option<&'a str>,
+    outputs: &'a [Tensor],
+) -> InferResponse<'a> {
+    InferResponse {
+        model_name,
+        model_version: "1",
+        id,
+        outputs,
+    }
+}
+
+/// The OIP v2 model metadata body for `GET /v2/models/NAME`: dynamic dims as -1.
+pub fn metadata_body(model_name: &str, engine: &dyn Engine) -> Value {
+    fn specs(specs: &[TensorSpec]) -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| json!({ "name": s.name, "datatype": s.datatype.as_str(), "shape": s.oip_shape() }))
+            .collect()
+    }
+    json!({
+        "name": model_name,
+        "versions": ["1"],
+        "platform": "onnx",
+        "inputs": specs(engine.inputs()),
+        "outputs": specs(engine.outputs()),
+    })
+}

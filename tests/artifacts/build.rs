@@ -12,6 +12,8 @@ fn main() {
         .unwrap();
     let functions = root.join("functions");
     println!("cargo:rerun-if-changed={}", functions.display());
+    // Model functions embed their model files.
+    println!("cargo:rerun-if-changed={}", root.join("models").display());
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -39,6 +41,7 @@ fn main() {
         ("HELLO", "hello.wasm"),
         ("HELLO_P2", "hello_p2.wasm"),
         ("PROBE", "probe.wasm"),
+        ("DIGITS", "digits.wasm"),
     ] {
         let path = out_dir.join(file);
         assert!(path.exists(), "missing guest artifact {}", path.display());

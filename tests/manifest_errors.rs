@@ -137,3 +137,18 @@ fn malformed_toml() {
         &["spin.toml:2"],
     );
 }
+
+#[test]
+fn bad_static_response_header() {
+    let text = manifest(
+        "[[trigger.http]]\nroute = \"/s\"\nstatic_response = { headers = { \"bad header\" = \"x\" } }\n",
+    );
+    fails_with(
+        App::new(text),
+        &[
+            "spin.toml:6",
+            "static_response.headers",
+            "not a valid HTTP header",
+        ],
+    );
+}

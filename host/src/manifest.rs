@@ -340,6 +340,17 @@ impl Manifest {
                             format!("{status} is not an HTTP status"),
                         ));
                     }
+                    for (name, value) in &resp.headers {
+                        let valid = http::HeaderName::try_from(name.as_str()).is_ok()
+                            && http::HeaderValue::from_str(value).is_ok();
+                        if !valid {
+                            return Err(src.error_at(
+                                route_span,
+                                format!("{key}.static_response.headers.{name}"),
+                                "not a valid HTTP header",
+                            ));
+                        }
+                    }
                     RouteTarget::Static(resp)
                 }
                 (Some(c), None) => {

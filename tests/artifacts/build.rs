@@ -42,6 +42,7 @@ fn main() {
         ("HELLO_P2", "hello_p2.wasm"),
         ("PROBE", "probe.wasm"),
         ("DIGITS", "digits.wasm"),
+        ("FILETYPE", "filetype.wasm"),
     ] {
         let path = out_dir.join(file);
         assert!(path.exists(), "missing guest artifact {}", path.display());

@@ -91,6 +91,11 @@ impl App {
     /// Starts the host and waits until it reports ready.
     pub async fn start(self) -> Host {
         let dir = self.write();
+        self.start_in(dir).await
+    }
+
+    /// Starts the host on an app already written to `dir` (and maybe changed since).
+    pub async fn start_in(self, dir: tempfile::TempDir) -> Host {
         let mut child = self
             .command(dir.path())
             .spawn()
@@ -111,7 +116,8 @@ impl App {
             }
         });
         let base = rx
-            .recv_timeout(Duration::from_secs(60))
+            // Generous: `up --build` bakes before it listens, on a busy 2-core machine.
+            .recv_timeout(Duration::from_secs(600))
             .unwrap_or_else(|_| panic!("edgeinfer did not start: {:?}", log.lock().unwrap()));
         let host = Host {
             child,
@@ -249,4 +255,22 @@ pub async fn error_body(resp: reqwest::Response) -> (u16, String) {
         status,
         body["error"].as_str().expect("error message").to_string(),
     )
+}
+
+/// atol 1e-4 / rtol 1e-3, element by element, between OIP output tensors.
+pub fn assert_close(name: &str, got: &serde_json::Value, want: &serde_json::Value) {
+    assert_eq!(got["shape"], want["shape"], "{name}: shape");
+    assert_eq!(got["datatype"], want["datatype"], "{name}: datatype");
+    let (g, w) = (
+        got["data"].as_array().unwrap(),
+        want["data"].as_array().unwrap(),
+    );
+    assert_eq!(g.len(), w.len(), "{name}: length");
+    for (i, (g, w)) in g.iter().zip(w).enumerate() {
+        let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+        assert!(
+            (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
+            "{name}[{i}]: got {g}, ONNX Runtime gave {w}"
+        );
+    }
 }

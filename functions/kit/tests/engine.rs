@@ -2,7 +2,7 @@
 //! tract engine on a real model (the digits MLP in models/, float32 [N, 64]).
 
 use kit::KitError;
-use kit::engine::{Engine, LazyEngine, TensorSpec, TractEngine, check_inputs};
+use kit::engine::{Engine, LazyEngine, TensorSpec, TractEngine, TractOptions, check_inputs};
 use kit::oip::{self, Route};
 use kit::respond;
 use kit::tensor::{DataType, Tensor, TensorData};
@@ -364,4 +364,42 @@ fn tract_load_failure_is_internal() {
     static BROKEN: LazyEngine<TractEngine> = LazyEngine::new(|| TractEngine::from_onnx(b""));
     assert!(matches!(BROKEN.get(), Err(KitError::Internal(_))));
     assert!(!BROKEN.is_ready());
+}
+
+#[test]
+fn tract_input_shapes_fix_dynamic_dims() {
+    let fixed = |shapes: &'static [&'static [usize]]| {
+        TractEngine::from_onnx_with(
+            DIGITS,
+            TractOptions {
+                input_shapes: shapes,
+                ..TractOptions::default()
+            },
+        )
+    };
+    let e = fixed(&[&[3, 64]]).unwrap();
+    assert_eq!(e.inputs()[0].shape, vec![Some(3), Some(64)]);
+    let out = e
+        .run(vec![
+            Tensor::new("input", vec![3, 64], vec![0f32; 192]).unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(
+        out.iter().find(|t| t.name == "label").unwrap().shape,
+        vec![3]
+    );
+    bad(
+        e.run(vec![
+            Tensor::new("input", vec![1, 64], vec![0f32; 64]).unwrap(),
+        ]),
+        "dim 0 is 1",
+    );
+    // A fixed dim that differs, another rank, more shapes than inputs.
+    const WRONG: [&[&[usize]]; 3] = [&[&[1, 63]], &[&[64]], &[&[1, 64], &[1]]];
+    for wrong in WRONG {
+        assert!(
+            matches!(fixed(wrong), Err(KitError::Internal(_))),
+            "{wrong:?}"
+        );
+    }
 }

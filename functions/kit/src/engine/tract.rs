@@ -34,6 +34,11 @@ pub struct TractEngine {
 pub struct TractOptions {
     /// Ignore the graph's `value_info` shape hints (some exporters write wrong ones).
     pub ignore_value_info: bool,
+    /// Concrete shapes for the first inputs, in the model's input order (empty:
+    /// keep the file's). For graphs tract cannot type with a symbolic dim (a
+    /// batch size routed through Shape/Cast/Concat into Expand, say): the
+    /// dynamic dims become these values, and the engine accepts only these shapes.
+    pub input_shapes: &'static [&'static [usize]],
 }
 
 impl TractEngine {
@@ -51,6 +56,14 @@ impl TractEngine {
             .model_for_read(&mut Cursor::new(bytes))
             .map_err(|e| internal("parsing the ONNX model", e))?;
 
+        if options.input_shapes.len() > model.inputs.len() {
+            return Err(KitError::internal(format!(
+                "{} input shapes given for a model with {} inputs",
+                options.input_shapes.len(),
+                model.inputs.len()
+            )));
+        }
+
         // An input dim the file leaves unnamed (no dim_value, no dim_param) gets a
         // symbol of its own, so that typing can proceed and it stays dynamic.
         for ix in 0..model.inputs.len() {
@@ -58,6 +71,31 @@ impl TractEngine {
                 .input_fact(ix)
                 .map_err(|e| internal("reading the input facts", e))?
                 .clone();
+            if let Some(&shape) = options.input_shapes.get(ix) {
+                // A given shape must agree with the file's rank and fixed dims.
+                let fits = fact.shape.is_open()
+                    || (fact.shape.rank().concretize() == Some(shape.len() as i64)
+                        && fact.shape.dims().zip(shape).all(|(dim, &want)| {
+                            match dim.concretize() {
+                                Some(TDim::Val(v)) => v == want as i64,
+                                _ => true,
+                            }
+                        }));
+                if !fits {
+                    return Err(KitError::internal(format!(
+                        "input {ix}: shape {shape:?} does not fit the model's {:?}",
+                        fact.shape
+                    )));
+                }
+                let dims: TVec<DimFact> = shape
+                    .iter()
+                    .map(|&d| DimFact::from(TDim::Val(d as i64)))
+                    .collect();
+                model
+                    .set_input_fact(ix, fact.with_shape(ShapeFactoid::closed(dims)))
+                    .map_err(|e| internal("setting the input facts", e))?;
+                continue;
+            }
             if fact.shape.is_open() {
                 continue; // unknown rank: leave it to tract's analysis
             }

@@ -43,6 +43,36 @@ bake = "{built}"
     .await
 }
 
+/// Sends one reference case's inputs to OIP `infer` and compares every output.
+async fn infer_matches_reference(host: &Host, model: &str, case: &Value) {
+    let inputs: Vec<Value> = case["inputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, t)| {
+            json!({"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]})
+        })
+        .collect();
+    let resp = host
+        .client
+        .post(host.url(&format!("/v2/models/{model}/infer")))
+        .json(&json!({ "inputs": inputs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", case["name"]);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model_name"], model);
+    for out in body["outputs"].as_array().unwrap() {
+        let name = out["name"].as_str().unwrap();
+        assert_close(
+            &format!("{}/{name}", case["name"]),
+            out,
+            &case["outputs"][name],
+        );
+    }
+}
+
 async fn digits() -> Host {
     bundled("digits", artifacts::DIGITS).await
 }
@@ -56,30 +86,7 @@ async fn digits_matches_onnx_runtime_and_scores_on_the_heldout_split() {
     // OIP v2 inference equals ONNX Runtime's outputs.
     let reference = read_json("models/digits/reference.json");
     for case in reference.as_array().unwrap() {
-        let inputs: Vec<Value> = case["inputs"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(name, t)| json!({"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]}))
-            .collect();
-        let resp = host
-            .client
-            .post(host.url("/v2/models/digits/infer"))
-            .json(&json!({ "inputs": inputs }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{}", case["name"]);
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["model_name"], "digits");
-        for out in body["outputs"].as_array().unwrap() {
-            let name = out["name"].as_str().unwrap();
-            assert_close(
-                &format!("{}/{name}", case["name"]),
-                out,
-                &case["outputs"][name],
-            );
-        }
+        infer_matches_reference(&host, "digits", case).await;
     }
 
     // The product route, over the whole held-out split.
@@ -224,24 +231,7 @@ async fn filetype_agrees_with_the_magika_tool_on_real_files() {
     // OIP inference on magika's own feature vectors equals ONNX Runtime's.
     let reference = read_json("models/filetype/reference.json");
     for case in reference.as_array().unwrap().iter().take(4) {
-        let (name, t) = case["inputs"].as_object().unwrap().iter().next().unwrap();
-        let resp = host
-            .client
-            .post(host.url("/v2/models/filetype/infer"))
-            .json(&json!({"inputs": [{"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{}", case["name"]);
-        let body: Value = resp.json().await.unwrap();
-        for out in body["outputs"].as_array().unwrap() {
-            let out_name = out["name"].as_str().unwrap();
-            assert_close(
-                &format!("{}/{out_name}", case["name"]),
-                out,
-                &case["outputs"][out_name],
-            );
-        }
+        infer_matches_reference(&host, "filetype", case).await;
     }
 
     // An empty body is a file too: magika calls it `empty`.

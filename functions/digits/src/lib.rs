@@ -22,8 +22,7 @@ use kit::respond::{self, Reply};
 use kit::tensor::Tensor;
 use kit::{KitError, decode};
 use serde::{Deserialize, Serialize};
-use spin_sdk::http::body::IncomingBodyExt as _;
-use spin_sdk::http::{Method, Request};
+use spin_sdk::http::Request;
 use spin_sdk::http_service;
 
 const MODEL_NAME: &str = "digits";
@@ -40,31 +39,14 @@ kit::export_wizer_init!(|| MODEL.init());
 
 #[http_service]
 async fn digits(req: Request) -> Reply {
-    let path = req.uri().path().to_owned();
-    if kit::oip::is_oip_path(&path) {
-        return kit::oip::serve(req, MODEL_NAME, &MODEL).await;
-    }
-    if !path.trim_end_matches('/').ends_with("/models/digits") {
-        return respond::error(&KitError::not_found(format!("no route for {path}")));
-    }
-    if req.method() != Method::POST {
-        return respond::error(&KitError::MethodNotAllowed(format!(
-            "{} is not allowed here (allowed: POST)",
-            req.method()
-        )));
-    }
-    let png_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("image/png"));
-    let body = match req.into_body().bytes().await {
-        Ok(body) => body,
-        Err(e) => {
-            return respond::error(&KitError::bad_request(format!("reading the body: {e:?}")));
-        }
-    };
-    respond::result(classify(&body, png_type))
+    kit::oip::serve_model(req, MODEL_NAME, &MODEL, |headers, body| {
+        let png_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("image/png"));
+        classify(body, png_type)
+    })
+    .await
 }
 
 fn classify(body: &[u8], png_type: bool) -> Result<Reply, KitError> {

@@ -25,8 +25,7 @@ use kit::engine::{Engine, LazyEngine, TractEngine, TractOptions};
 use kit::respond::{self, Reply};
 use kit::tensor::Tensor;
 use serde::Serialize;
-use spin_sdk::http::body::IncomingBodyExt as _;
-use spin_sdk::http::{Method, Request};
+use spin_sdk::http::Request;
 use spin_sdk::http_service;
 
 use crate::magika::{Identification, Magika, Route};
@@ -73,26 +72,10 @@ kit::export_wizer_init!(|| {
 
 #[http_service]
 async fn filetype(req: Request) -> Reply {
-    let path = req.uri().path().to_owned();
-    if kit::oip::is_oip_path(&path) {
-        return kit::oip::serve(req, MODEL_NAME, &MODEL).await;
-    }
-    if !path.trim_end_matches('/').ends_with("/models/filetype") {
-        return respond::error(&KitError::not_found(format!("no route for {path}")));
-    }
-    if req.method() != Method::POST {
-        return respond::error(&KitError::MethodNotAllowed(format!(
-            "{} is not allowed here (allowed: POST)",
-            req.method()
-        )));
-    }
-    let body = match req.into_body().bytes().await {
-        Ok(body) => body,
-        Err(e) => {
-            return respond::error(&KitError::bad_request(format!("reading the body: {e:?}")));
-        }
-    };
-    respond::result(identify(&body).map(|id| respond::ok(&FiletypeResponse::from(&id))))
+    kit::oip::serve_model(req, MODEL_NAME, &MODEL, |_, body| {
+        identify(body).map(|id| respond::ok(&FiletypeResponse::from(&id)))
+    })
+    .await
 }
 
 /// The answer's JSON. A typed struct, so the f32 score prints in its shortest form.

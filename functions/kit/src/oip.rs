@@ -89,6 +89,38 @@ pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) 
     ))
 }
 
+/// Serves a model function: OIP v2 under `/v2/models/NAME`, and its own
+/// product route `POST .../models/NAME`, whose body and headers go to `handle`.
+/// Every model crate answers the same way to other paths and methods.
+pub async fn serve_model<E: Engine>(
+    req: Request,
+    name: &str,
+    engine: &LazyEngine<E>,
+    handle: impl FnOnce(&spin_sdk::http::HeaderMap, &[u8]) -> Result<Reply, KitError>,
+) -> Reply {
+    let path = req.uri().path().to_owned();
+    if is_oip_path(&path) {
+        return serve(req, name, engine).await;
+    }
+    if !path
+        .trim_end_matches('/')
+        .ends_with(&format!("/models/{name}"))
+    {
+        return respond::error(&KitError::not_found(format!("no route for {path}")));
+    }
+    if req.method() != Method::POST {
+        return respond::error(&KitError::MethodNotAllowed(format!(
+            "{} is not allowed here (allowed: POST)",
+            req.method()
+        )));
+    }
+    let headers = req.headers().clone();
+    match req.into_body().bytes().await {
+        Ok(body) => respond::result(handle(&headers, &body)),
+        Err(e) => respond::error(&KitError::bad_request(format!("reading the body: {e:?}"))),
+    }
+}
+
 /// The synchronous core of [`serve`], for a route already parsed and a body already read.
 pub fn handle<'e>(
     route: Route,

@@ -152,3 +152,14 @@ fn bad_static_response_header() {
         ],
     );
 }
+
+#[test]
+fn edgeinfer_toml_is_read_from_the_working_directory() {
+    // The manifest lives elsewhere; ./edgeinfer.toml still applies.
+    let app = App::new(manifest(&hello()))
+        .file("app/spin.toml", manifest(&hello()))
+        .runtime_config("[component.hello]\nspeed = 11\n")
+        .arg("--from")
+        .arg("app/spin.toml");
+    fails_with(app, &["edgeinfer.toml:2", "speed"]);
+}

@@ -38,7 +38,16 @@ impl Plan {
         let manifest = Manifest::load(manifest_path)?;
         let (rc_path, required) = match runtime_config {
             Some(p) => (p.to_path_buf(), true),
-            None => (manifest.dir.join("edgeinfer.toml"), false),
+            // As CONTRACTS.md says, `./edgeinfer.toml`; else the one beside the manifest.
+            None => {
+                let here = PathBuf::from("edgeinfer.toml");
+                let path = if here.exists() {
+                    here
+                } else {
+                    manifest.dir.join("edgeinfer.toml")
+                };
+                (path, false)
+            }
         };
         let runtime = RuntimeConfig::load(&rc_path, &manifest, required)?;
         let variables = crate::variables::resolve(&manifest.variables, |k| std::env::var(k).ok())

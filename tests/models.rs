@@ -244,3 +244,254 @@ async fn filetype_agrees_with_the_magika_tool_on_real_files() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["label"], "empty");
 }
+
+/// The embed function as spin.toml serves it: baked, at `/v1/embeddings` and
+/// `/v2/models/all-minilm-l6-v2/...`.
+async fn embed() -> Host {
+    let baked = common::shared_state_dir().join("baked/embed.wasm");
+    App::new(manifest(&format!(
+        r#"
+[[trigger.http]]
+route = "/v1/embeddings"
+component = "embed"
+
+[[trigger.http]]
+route = "/v2/models/{EMBED_MODEL}/..."
+component = "embed"
+
+[component.embed]
+source = "{}"
+[component.embed.tool.edgeinfer]
+bake = "{}"
+"#,
+        baked.display(),
+        artifacts::EMBED,
+    )))
+    .arg("--build")
+    .start()
+    .await
+}
+
+const EMBED_MODEL: &str = "all-minilm-l6-v2";
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+async fn embeddings(host: &Host, input: Value) -> Value {
+    let resp = host
+        .client
+        .post(host.url("/v1/embeddings"))
+        .json(&json!({ "model": EMBED_MODEL, "input": input }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], EMBED_MODEL);
+    for (i, d) in body["data"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(d["object"], "embedding");
+        assert_eq!(d["index"], i);
+        let e = floats(&d["embedding"]);
+        assert_eq!(e.len(), 384);
+        let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+    }
+    assert_eq!(
+        body["usage"]["prompt_tokens"],
+        body["usage"]["total_tokens"]
+    );
+    body
+}
+
+#[tokio::test]
+async fn embed_matches_onnx_runtime_over_http() {
+    let host = embed().await;
+    let reference = read_json("models/embed/reference.json");
+    let cases = reference.as_array().unwrap();
+
+    // One text per request, and all of them in one request: ONNX Runtime's
+    // embedding (cosine >= 0.99) and the real token count. The reference cuts
+    // at 128 tokens, the function at 256 (sentence-transformers' max_seq_length),
+    // so the long case is checked apart; the empty string is a 400 on this
+    // route (as in OpenAI's API), so it is checked through OIP only.
+    let singles: Vec<&Value> = cases
+        .iter()
+        .filter(|c| c["text"].is_string() && c["name"] != "long_truncated" && c["name"] != "empty")
+        .collect();
+    assert!(singles.len() >= 7);
+    let mut lowest = 1f64;
+    for case in &singles {
+        let body = embeddings(&host, case["text"].clone()).await;
+        assert_eq!(body["data"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            body["usage"]["prompt_tokens"], case["token_count"],
+            "{}",
+            case["name"]
+        );
+        let c = cosine(
+            &floats(&body["data"][0]["embedding"]),
+            &floats(&case["embedding"]["data"]),
+        );
+        assert!(c >= 0.99, "{}: cosine {c}", case["name"]);
+        lowest = lowest.min(c);
+    }
+    let texts: Vec<Value> = singles.iter().map(|c| c["text"].clone()).collect();
+    let body = embeddings(&host, Value::Array(texts)).await;
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), singles.len());
+    let total: u64 = singles
+        .iter()
+        .map(|c| c["token_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(body["usage"]["prompt_tokens"], total);
+    for (d, case) in data.iter().zip(&singles) {
+        let c = cosine(
+            &floats(&d["embedding"]),
+            &floats(&case["embedding"]["data"]),
+        );
+        assert!(c >= 0.99, "batched {}: cosine {c}", case["name"]);
+        lowest = lowest.min(c);
+    }
+
+    // The reference's padded batch, sent as a list.
+    let batch = cases.iter().find(|c| c["name"] == "batch_padded").unwrap();
+    let body = embeddings(&host, batch["text"].clone()).await;
+    let want = floats(&batch["embedding"]["data"]);
+    assert_eq!(body["usage"]["prompt_tokens"], 9 + 12);
+    for (row, d) in body["data"].as_array().unwrap().iter().enumerate() {
+        let c = cosine(&floats(&d["embedding"]), &want[row * 384..][..384]);
+        assert!(c >= 0.99, "batch_padded row {row}: cosine {c}");
+        lowest = lowest.min(c);
+    }
+    eprintln!("lowest cosine to ONNX Runtime over HTTP: {lowest}");
+
+    // A text longer than 128 tokens is cut at 256, not 128.
+    let long = cases
+        .iter()
+        .find(|c| c["name"] == "long_truncated")
+        .unwrap();
+    let body = embeddings(&host, long["text"].clone()).await;
+    let n = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(n > 128 && n <= 256, "{n} tokens");
+
+    // The raw model over OIP v2 equals ONNX Runtime's last_hidden_state,
+    // including the empty string, the padded batch and the 128-token case.
+    for case in cases {
+        infer_matches_reference(&host, EMBED_MODEL, case).await;
+    }
+    let meta: Value = host
+        .get(&format!("/v2/models/{EMBED_MODEL}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["name"], EMBED_MODEL);
+    let inputs = meta["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 3);
+    for input in inputs {
+        assert_eq!(input["datatype"], "INT64");
+        assert_eq!(input["shape"], json!([-1, -1]));
+    }
+    assert_eq!(meta["outputs"][0]["name"], "last_hidden_state");
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, -1, 384]));
+}
+
+#[tokio::test]
+async fn embed_rejects_bad_input_with_a_reason() {
+    let host = embed().await;
+    let post = |body: Vec<u8>| {
+        let req = host
+            .client
+            .post(host.url("/v1/embeddings"))
+            .header("content-type", "application/json")
+            .body(body);
+        async move { req.send().await.unwrap() }
+    };
+    let json_body = |v: Value| serde_json::to_vec(&v).unwrap();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"{\"model\": \"all-minilm-l6-v2\", \"input\": ".to_vec(),
+            "malformed JSON",
+        ),
+        (Vec::new(), "empty body"),
+        (
+            json_body(json!({"model": EMBED_MODEL})),
+            "missing \"input\"",
+        ),
+        (
+            json_body(json!({"model": EMBED_MODEL, "input": ""})),
+            "empty string",
+        ),
+        (
+            json_body(json!({"model": EMBED_MODEL, "input": []})),
+            "empty array",
+        ),
+        (
+            json_body(json!({"model": EMBED_MODEL, "input": 42})),
+            "string or an array",
+        ),
+        (
+            json_body(json!({"model": EMBED_MODEL, "input": ["ok", null]})),
+            "input[1]",
+        ),
+        (
+            json_body(json!({"model": EMBED_MODEL, "input": [[101, 102]]})),
+            "token arrays",
+        ),
+        (
+            json_body(json!({"model": "text-embedding-3-small", "input": "hi"})),
+            "unknown model",
+        ),
+        (json_body(json!({"input": "hi"})), "missing \"model\""),
+        (
+            json_body(json!({"model": ["x"], "input": "hi"})),
+            "\"model\" must be a string",
+        ),
+    ];
+    for (body, says) in cases {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let resp = post(body).await;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 400, "{shown}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON error body");
+        let reason = v["error"].as_str().unwrap();
+        assert!(
+            reason.contains(says),
+            "{shown}: {reason:?} should say {says:?}"
+        );
+    }
+
+    // Wrong method, OIP errors.
+    let resp = host.get("/v1/embeddings").await;
+    assert_eq!(resp.status(), 405);
+    let resp = host
+        .client
+        .post(host.url(&format!("/v2/models/{EMBED_MODEL}/infer")))
+        .json(&json!({"inputs": [{"name": "input_ids", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = host.get(&format!("/v2/models/{EMBED_MODEL}/nosuch")).await;
+    assert_eq!(resp.status(), 404);
+
+    // Still serving.
+    let body = embeddings(&host, json!("still here")).await;
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+}

@@ -27,7 +27,8 @@ pub fn engine() -> Result<Engine> {
 }
 
 /// Bakes `input` into `output`, unless `output` was already baked from the
-/// same bytes (a sidecar `.sha256` records which).
+/// same inputs (a sidecar `.sha256` records which): the component, and the
+/// environment and files its initializer can read.
 pub async fn bake(
     engine: &Engine,
     caps: &Capabilities,
@@ -35,7 +36,7 @@ pub async fn bake(
     output: &Path,
 ) -> Result<bool> {
     let wasm = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-    let digest = hex::encode(Sha256::digest(&wasm));
+    let digest = inputs_digest(&wasm, caps)?;
     let stamp = output.with_extension("wasm.sha256");
     if output.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == digest) {
         return Ok(false);
@@ -50,6 +51,10 @@ pub async fn bake(
     let state = InstanceState::new(&caps, Arc::new(MemoryStats::default()))?;
     let mut store = Store::new(engine, state);
     store.limiter(|s| s.limiter());
+    // Wizer copies the initialized memory out through the host; the default
+    // cap on such copies (128 MiB) is below a model's snapshot (~135 MiB for
+    // MiniLM). Baking is trusted build-time work.
+    store.set_hostcall_fuel(usize::MAX);
     let (snapshot, _) = Wizer::new()
         .init_func(INIT_EXPORT)
         // The component refers to the export; dropping it breaks the component.
@@ -69,4 +74,36 @@ pub async fn bake(
     std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
     std::fs::write(&stamp, &digest).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(true)
+}
+
+fn inputs_digest(wasm: &[u8], caps: &Capabilities) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(Sha256::digest(wasm));
+    for (k, v) in &caps.environment {
+        h.update(format!("env {k}={v}\n"));
+    }
+    for (host, guest) in &caps.mounts {
+        let mut files = Vec::new();
+        collect_files(host, &mut files)?;
+        files.sort();
+        for f in files {
+            let rel = f.strip_prefix(host).unwrap_or(&f);
+            h.update(format!("file {guest}/{}\n", rel.display()));
+            let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            h.update(Sha256::digest(&bytes));
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
 }

@@ -43,6 +43,8 @@ fn main() {
         ("PROBE", "probe.wasm"),
         ("DIGITS", "digits.wasm"),
         ("FILETYPE", "filetype.wasm"),
+        ("EMBED", "embed.wasm"),
+        ("OIP", "oip.wasm"),
     ] {
         let path = out_dir.join(file);
         assert!(path.exists(), "missing guest artifact {}", path.display());

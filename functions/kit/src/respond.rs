@@ -89,6 +89,7 @@ pub fn metadata_body(model_name: &str, engine: &dyn Engine) -> Value {
         "name": model_name,
         "versions": ["1"],
         "platform": "onnx",
+        "backend": engine.backend(),
         "inputs": specs(engine.inputs()),
         "outputs": specs(engine.outputs()),
     })

@@ -171,7 +171,7 @@ fn oip_handle() {
     assert_eq!(meta.status(), 200);
     assert_eq!(
         body(&meta),
-        json!({"name": "m", "versions": ["1"], "platform": "onnx",
+        json!({"name": "m", "versions": ["1"], "platform": "onnx", "backend": null,
             "inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 2]}, {"name": "b", "datatype": "INT64", "shape": [-1]}],
             "outputs": [{"name": "a_out", "datatype": "FP32", "shape": [-1, 2]}, {"name": "b_out", "datatype": "INT64", "shape": [-1]}]})
     );
@@ -402,4 +402,26 @@ fn tract_input_shapes_fix_dynamic_dims() {
             "{wrong:?}"
         );
     }
+}
+
+/// PP-OCR's classifier feeds `Shape(x)` into a `Reshape`, which tract cannot
+/// type with a symbolic batch: it is planned per input shape instead.
+#[test]
+fn a_graph_needing_concrete_dims_is_planned_per_shape() {
+    let bytes = std::fs::read("../../models/extra/ppocr-cls/model.onnx").unwrap();
+    let e = TractEngine::from_onnx(&bytes).unwrap();
+    assert!(!e.is_shape_polymorphic());
+    // The file leaves height dynamic too.
+    assert_eq!(e.inputs()[0].shape, vec![None, Some(3), None, None]);
+    for (n, w) in [(1, 192), (2, 100)] {
+        let x = Tensor::new("x", vec![n, 3, 48, w], vec![0.5f32; n * 3 * 48 * w]).unwrap();
+        let out = e.run(vec![x]).unwrap();
+        assert_eq!(out[0].shape, vec![n, 2]);
+    }
+    bad(
+        e.run(vec![
+            Tensor::new("x", vec![1, 2, 48, 10], vec![0f32; 2 * 48 * 10]).unwrap(),
+        ]),
+        "dim 1 is 2",
+    );
 }

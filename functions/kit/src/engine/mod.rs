@@ -8,6 +8,8 @@ use crate::KitError;
 use crate::tensor::{DataType, Tensor};
 
 #[cfg(feature = "tract")]
+mod gather;
+#[cfg(feature = "tract")]
 mod tract;
 #[cfg(feature = "tract")]
 pub use self::tract::{TractEngine, TractOptions, linalg_tiers};
@@ -39,6 +41,10 @@ pub trait Engine {
     /// A mismatch with the model (name, datatype, rank, fixed dims) is a
     /// `KitError::BadRequest`, found before anything runs.
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KitError>;
+    /// What runs the model, for the OIP metadata's `backend` field.
+    fn backend(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Checks `inputs` against `specs` (names, datatypes, ranks, fixed dims; dynamic
@@ -129,6 +135,37 @@ pub fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<(), KitError> {
         }
     }
     Ok(())
+}
+
+/// Parses `name=d,d,...;name=...` (as `models add --shape` and the generic
+/// function's `EDGEINFER_INPUT_SHAPES` give them) into one shape per input,
+/// in the order of `inputs`.
+pub fn parse_input_shapes(inputs: &[TensorSpec], spec: &str) -> Result<Vec<Vec<usize>>, KitError> {
+    let bad = |why: String| KitError::internal(format!("input shapes `{spec}`: {why}"));
+    let mut given = std::collections::HashMap::new();
+    for part in spec.split(';').filter(|p| !p.trim().is_empty()) {
+        let (name, dims) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{part}` is not NAME=D,D,...")))?;
+        let dims = dims
+            .split(',')
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("`{part}`: {e}")))?;
+        given.insert(name.trim(), dims);
+    }
+    let shapes = inputs
+        .iter()
+        .map(|input| {
+            given
+                .remove(input.name.as_str())
+                .ok_or_else(|| bad(format!("no shape for input `{}`", input.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match given.keys().next() {
+        Some(name) => Err(bad(format!("the model has no input `{name}`"))),
+        None => Ok(shapes),
+    }
 }
 
 /// An engine built on first use and kept for the life of the instance, in a

@@ -2,13 +2,13 @@
 //! component. All tract types stay in this file.
 
 use std::collections::HashMap;
-use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, TDim, TVec,
-    Tensor as TractTensor, TypedFact, TypedRunnableModel, TypedSimplePlan,
+    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, TDim, TVec,
+    Tensor as TractTensor, TypedFact, TypedModel, TypedRunnableModel, TypedSimplePlan,
 };
+use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 
 use super::{Engine, TensorSpec, check_inputs};
@@ -19,14 +19,26 @@ use crate::tensor::{DataType, Tensor, TensorData};
 ///
 /// Dynamic input dims (an ONNX `dim_param` such as `N`, or an unnamed dim) stay
 /// symbolic in the optimized model, and tract resolves them from the input
-/// shapes at each run: one plan serves every batch size.
+/// shapes at each run: one plan serves every batch size. Some graphs cannot be
+/// typed with a symbolic dim (a `Shape` of the input feeding a `Reshape`, say);
+/// those are planned once per concrete input shape instead, on first use.
 pub struct TractEngine {
-    plan: Arc<TypedRunnableModel>,
+    plans: Plans,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     /// Per input, per dim: the symbol name if the dim is a bare symbol, so the
     /// same symbol on two inputs (a shared batch size) can be checked for agreement.
     input_symbols: Vec<Vec<Option<String>>>,
+}
+
+enum Plans {
+    /// One plan for every input shape.
+    Symbolic(Arc<TypedRunnableModel>),
+    /// The analysed model, planned per concrete input shape.
+    PerShape {
+        model: Box<InferenceModel>,
+        plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>>,
+    },
 }
 
 /// Options for loading an ONNX model.
@@ -51,10 +63,12 @@ impl TractEngine {
         let internal = |what: &str, e: tract_onnx::prelude::TractError| {
             KitError::internal(format!("{what}: {e:#}"))
         };
-        let mut model = tract_onnx::onnx()
-            .with_ignore_value_info(options.ignore_value_info)
-            .model_for_read(&mut Cursor::new(bytes))
-            .map_err(|e| internal("parsing the ONNX model", e))?;
+        // Gathers over dequantised tables are moved first (see gather.rs).
+        let mut model = super::gather::model_for_read(
+            &tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info),
+            bytes,
+        )
+        .map_err(|e| internal("parsing the ONNX model", e))?;
 
         if options.input_shapes.len() > model.inputs.len() {
             return Err(KitError::internal(format!(
@@ -120,52 +134,88 @@ impl TractEngine {
             }
         }
 
-        let typed = model
-            .into_optimized()
-            .map_err(|e| internal("optimizing the model", e))?;
-
-        let mut inputs = Vec::new();
-        let mut input_symbols = Vec::new();
-        for (ix, outlet) in typed
-            .input_outlets()
-            .map_err(|e| internal("inputs", e))?
-            .iter()
-            .enumerate()
-        {
-            let name = typed.node(outlet.node).name.clone();
-            let fact = typed.input_fact(ix).map_err(|e| internal("inputs", e))?;
-            inputs.push(spec(name, fact)?);
-            input_symbols.push(
-                fact.shape
-                    .dims()
-                    .iter()
-                    .map(|d| match d {
-                        TDim::Sym(s) => Some(s.to_string()),
-                        _ => None,
-                    })
-                    .collect(),
-            );
-        }
-        let mut outputs = Vec::new();
-        for outlet in typed.output_outlets().map_err(|e| internal("outputs", e))? {
-            let name = typed
-                .outlet_label(*outlet)
-                .map(str::to_owned)
-                .unwrap_or_else(|| typed.node(outlet.node).name.clone());
-            let fact = typed
-                .outlet_fact(*outlet)
-                .map_err(|e| internal("outputs", e))?;
-            outputs.push(spec(name, fact)?);
-        }
-
-        let plan: Arc<TypedSimplePlan> =
-            TypedSimplePlan::new(typed).map_err(|e| internal("planning the model", e))?;
+        check_operators(&model)?;
+        let (signature, plans) = match model.clone().into_optimized() {
+            Ok(typed) => {
+                let signature = typed_signature(&typed)?;
+                let plan =
+                    TypedSimplePlan::new(typed).map_err(|e| internal("planning the model", e))?;
+                (signature, Plans::Symbolic(plan))
+            }
+            // Typing needs concrete dims: keep the analysed model, plan per shape.
+            Err(symbolic) if has_dynamic_inputs(&model) => {
+                // Analysis binds symbols into every fact; plans start afresh.
+                let mut analysed = model.clone();
+                analysed
+                    .analyse(false)
+                    .map_err(|_| internal("optimizing the model", symbolic))?;
+                let signature = inferred_signature(&analysed)?;
+                let plans = Plans::PerShape {
+                    model: Box::new(model),
+                    plans: Mutex::default(),
+                };
+                (signature, plans)
+            }
+            Err(e) => return Err(internal("optimizing the model", e)),
+        };
+        let (inputs, outputs, input_symbols) = signature;
         Ok(TractEngine {
-            plan,
+            plans,
             inputs,
             outputs,
             input_symbols,
         })
+    }
+
+    /// Whether one plan serves every input shape (else one is made per shape).
+    pub fn is_shape_polymorphic(&self) -> bool {
+        matches!(self.plans, Plans::Symbolic(_))
+    }
+
+    /// The plan for these (already checked) input shapes.
+    /// Plans ahead for these input shapes (in the model's input order), so
+    /// that a pre-initialized instance serves them without planning. A no-op
+    /// when one plan serves every shape.
+    pub fn prepare(&self, shapes: Vec<Vec<usize>>) -> Result<(), KitError> {
+        if shapes.len() != self.inputs.len() {
+            return Err(KitError::internal(format!(
+                "{} input shapes given for a model with {} inputs",
+                shapes.len(),
+                self.inputs.len()
+            )));
+        }
+        self.plan(shapes).map(drop)
+    }
+
+    fn plan(&self, key: Vec<Vec<usize>>) -> Result<Arc<TypedRunnableModel>, KitError> {
+        let (model, plans) = match &self.plans {
+            Plans::Symbolic(plan) => return Ok(plan.clone()),
+            Plans::PerShape { model, plans } => (model, plans),
+        };
+        let mut plans = plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(plan) = plans.get(&key) {
+            return Ok(plan.clone());
+        }
+        let fail = |e: tract_onnx::prelude::TractError| {
+            KitError::internal(format!(
+                "planning the model for input shapes {key:?}: {e:#}"
+            ))
+        };
+        let mut model = (**model).clone();
+        for (ix, shape) in key.iter().enumerate() {
+            let dt = model.input_fact(ix).map_err(fail)?.datum_type.concretize();
+            let fact = match dt {
+                Some(dt) => InferenceFact::dt_shape(dt, shape),
+                None => InferenceFact::shape(shape),
+            };
+            model.set_input_fact(ix, fact).map_err(fail)?;
+        }
+        let plan = model
+            .into_optimized()
+            .and_then(TypedSimplePlan::new)
+            .map_err(fail)?;
+        plans.insert(key, plan.clone());
+        Ok(plan)
     }
 
     /// Dims that are the same symbol on several inputs must agree.
@@ -198,6 +248,12 @@ impl Engine for TractEngine {
         &self.inputs
     }
 
+    /// Names the matrix kernels in use, so a client (and the tests) can see
+    /// that the component runs tract's wasm SIMD kernels, not the scalar ones.
+    fn backend(&self) -> serde_json::Value {
+        serde_json::json!({ "name": "tract", "linalg": linalg_tiers() })
+    }
+
     fn outputs(&self) -> &[TensorSpec] {
         &self.outputs
     }
@@ -210,7 +266,7 @@ impl Engine for TractEngine {
             .map(|t| to_tract(t).map(IntoTValue::into_tvalue))
             .collect::<Result<TVec<_>, _>>()?;
         let results = self
-            .plan
+            .plan(inputs.iter().map(|t| t.shape.clone()).collect())?
             .run(values)
             .map_err(|e| KitError::internal(format!("running the model: {e:#}")))?;
         results
@@ -219,6 +275,139 @@ impl Engine for TractEngine {
             .map(|(value, spec)| from_tract(&spec.name, value))
             .collect()
     }
+}
+
+/// A node tract parsed but cannot run: refuse the model now, naming the
+/// operator, rather than at its first request.
+fn check_operators(model: &InferenceModel) -> Result<(), KitError> {
+    let unknown: Vec<String> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<UnimplementedOp>())
+        .map(|n| {
+            let op = n.op.name();
+            let op = op
+                .strip_prefix("Unimplemented(")
+                .and_then(|o| o.strip_suffix(')'))
+                .unwrap_or(&op);
+            format!("operator {op} (node '{}')", n.name)
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(KitError::internal(format!(
+        "tract does not support {}",
+        unknown.join(", ")
+    )))
+}
+
+fn has_dynamic_inputs(model: &InferenceModel) -> bool {
+    (0..model.inputs.len()).any(|ix| {
+        model.input_fact(ix).is_ok_and(|f| {
+            f.shape.is_open()
+                || f.shape
+                    .dims()
+                    .any(|d| !matches!(d.concretize(), Some(TDim::Val(_))))
+        })
+    })
+}
+
+type Signature = (Vec<TensorSpec>, Vec<TensorSpec>, Vec<Vec<Option<String>>>);
+
+/// Inputs, outputs and input dim symbols of a typed model.
+fn typed_signature(typed: &TypedModel) -> Result<Signature, KitError> {
+    let internal = |what: &str, e: tract_onnx::prelude::TractError| {
+        KitError::internal(format!("{what}: {e:#}"))
+    };
+    let mut inputs = Vec::new();
+    let mut input_symbols = Vec::new();
+    for (ix, outlet) in typed
+        .input_outlets()
+        .map_err(|e| internal("inputs", e))?
+        .iter()
+        .enumerate()
+    {
+        let name = typed.node(outlet.node).name.clone();
+        let fact = typed.input_fact(ix).map_err(|e| internal("inputs", e))?;
+        inputs.push(spec(name, fact)?);
+        input_symbols.push(
+            fact.shape
+                .dims()
+                .iter()
+                .map(|d| match d {
+                    TDim::Sym(s) => Some(s.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+    let mut outputs = Vec::new();
+    for outlet in typed.output_outlets().map_err(|e| internal("outputs", e))? {
+        let name = typed
+            .outlet_label(*outlet)
+            .map(str::to_owned)
+            .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+        let fact = typed
+            .outlet_fact(*outlet)
+            .map_err(|e| internal("outputs", e))?;
+        outputs.push(spec(name, fact)?);
+    }
+    Ok((inputs, outputs, input_symbols))
+}
+
+/// The same, from an analysed model whose dynamic dims are not yet typed.
+fn inferred_signature(model: &InferenceModel) -> Result<Signature, KitError> {
+    let spec = |name: String, fact: &InferenceFact| -> Result<TensorSpec, KitError> {
+        let dt = fact.datum_type.concretize().ok_or_else(|| {
+            KitError::internal(format!(
+                "cannot tell the datatype of '{name}' without running"
+            ))
+        })?;
+        let datatype = datatype(dt).ok_or_else(|| {
+            KitError::internal(format!(
+                "'{name}' has datatype {dt:?}, which has no OIP equivalent"
+            ))
+        })?;
+        let shape = fact
+            .shape
+            .dims()
+            .map(|d| match d.concretize() {
+                Some(TDim::Val(v)) => usize::try_from(v).ok(),
+                _ => None,
+            })
+            .collect();
+        Ok(TensorSpec {
+            name,
+            datatype,
+            shape,
+        })
+    };
+    let internal = |e: tract_onnx::prelude::TractError| KitError::internal(format!("{e:#}"));
+    let mut inputs = Vec::new();
+    let mut input_symbols = Vec::new();
+    for (ix, outlet) in model.input_outlets().map_err(internal)?.iter().enumerate() {
+        let fact = model.input_fact(ix).map_err(internal)?;
+        inputs.push(spec(model.node(outlet.node).name.clone(), fact)?);
+        input_symbols.push(
+            fact.shape
+                .dims()
+                .map(|d| match d.concretize() {
+                    Some(TDim::Sym(s)) => Some(s.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+    let mut outputs = Vec::new();
+    for outlet in model.output_outlets().map_err(internal)? {
+        let name = model
+            .outlet_label(*outlet)
+            .map(str::to_owned)
+            .unwrap_or_else(|| model.node(outlet.node).name.clone());
+        outputs.push(spec(name, model.outlet_fact(*outlet).map_err(internal)?)?);
+    }
+    Ok((inputs, outputs, input_symbols))
 }
 
 fn spec(name: String, fact: &TypedFact) -> Result<TensorSpec, KitError> {

@@ -1,36 +1,52 @@
 #!/usr/bin/env python3
-"""Median latency of each bundled model on ONNX Runtime, single-threaded
-(intra_op_num_threads=1, inter_op_num_threads=1), batch 1, inputs taken from
-the committed reference.json files.
+"""ONNX Runtime latency of a model, single-threaded (intra_op_num_threads=1,
+inter_op_num_threads=1), on one case of its committed reference.json.
 
-Usage:  nice -n 10 python models/bench.py [--runs 300]
+  nice -n 10 python models/bench.py                 # the bundled models, a table
+  python models/bench.py extra/ppocr-cls --json     # one JSON object per model
+  python models/bench.py digits --emit-request r.json   # that case as an OIP request
+
+`--emit-request` writes the same inputs as an Open Inference Protocol request
+body, which `edgeinfer bench MODEL --input r.json` sends, so that ONNX Runtime,
+native tract and tract in the sandbox time the same work (tests/bench/models.sh).
 """
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
 HERE = Path(__file__).resolve().parent
-NP = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
+# The case timed per model: a typical input (default: the first case).
+PICKS = {"digits": "heldout_00", "filetype": "decoder.py", "embed": "edgeinfer"}
 
 
-def inputs_of(case):
-    return {k: np.asarray(v["data"], dtype=NP[v["datatype"]]).reshape(v["shape"]) for k, v in case["inputs"].items()}
+def case_of(name):
+    cases = json.loads((HERE / name / "reference.json").read_text())
+    pick = PICKS.get(name)
+    return next((c for c in cases if c["name"] == pick), cases[0])
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=["digits", "filetype", "embed"])
     ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--emit-request", metavar="FILE")
     args = ap.parse_args()
-    picks = {"digits": "heldout_00", "filetype": "decoder.py", "embed": "edgeinfer"}
-    for name, case_name in picks.items():
-        cases = json.loads((HERE / name / "reference.json").read_text())
-        case = next(c for c in cases if c["name"] == case_name)
-        feed = inputs_of(case)
+    if args.emit_request:
+        (case,) = [case_of(m) for m in args.models]
+        inputs = [{"name": k, **v} for k, v in case["inputs"].items()]
+        Path(args.emit_request).write_text(json.dumps({"inputs": inputs}))
+        return
+
+    import numpy as np
+    import onnxruntime as ort
+
+    NP = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "UINT8": np.uint8, "BOOL": np.bool_}
+
+    for name in args.models:
+        case = case_of(name)
+        feed = {k: np.asarray(v["data"], dtype=NP[v["datatype"]]).reshape(v["shape"]) for k, v in case["inputs"].items()}
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
@@ -41,10 +57,13 @@ def main():
         for _ in range(args.runs):
             t = time.perf_counter()
             sess.run(None, feed)
-            times.append((time.perf_counter() - t) * 1000)
+            times.append((time.perf_counter() - t) * 1e6)
+        p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
         shapes = {k: list(v.shape) for k, v in feed.items()}
-        print(f"{name:9} ort {ort.__version__} 1 thread, batch 1 {shapes}: median {statistics.median(times):.3f} ms "
-              f"(p10 {np.percentile(times, 10):.3f}, p90 {np.percentile(times, 90):.3f}, {args.runs} runs)")
+        if args.json:
+            print(json.dumps({"model": name, "case": case["name"], "ort": ort.__version__, "ort_us": {"p50": p50, "p99": p99}}))
+        else:
+            print(f"{name:18} ort {ort.__version__} 1 thread {shapes}: p50 {p50:.0f} µs, p99 {p99:.0f} µs ({args.runs} runs)")
 
 
 if __name__ == "__main__":

@@ -4,18 +4,22 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use wasmtime::Engine;
+use wasmtime::component::Linker;
 
+use crate::admission::Admission;
 use crate::engine::{CompileCache, PoolSettings};
 use crate::invoke::Runnable;
 use crate::manifest::{Component, FileMount, Manifest, RouteTarget, StaticResponse};
+use crate::metrics;
 use crate::outbound::{HostPattern, OutboundPolicy};
 use crate::routes::Router;
-use crate::runtime_config::{Limits, RuntimeConfig};
-use crate::sandbox::{self, Capabilities};
+use crate::runtime_config::{Limits, RuntimeConfig, Scaling};
+use crate::sandbox::{self, Capabilities, InstanceState};
 
 /// Where a route leads.
 #[derive(Debug, Clone)]
@@ -36,19 +40,7 @@ pub struct Plan {
 impl Plan {
     pub fn load(manifest_path: &Path, runtime_config: Option<&Path>) -> Result<Self> {
         let manifest = Manifest::load(manifest_path)?;
-        let (rc_path, required) = match runtime_config {
-            Some(p) => (p.to_path_buf(), true),
-            // As CONTRACTS.md says, `./edgeinfer.toml`; else the one beside the manifest.
-            None => {
-                let here = PathBuf::from("edgeinfer.toml");
-                let path = if here.exists() {
-                    here
-                } else {
-                    manifest.dir.join("edgeinfer.toml")
-                };
-                (path, false)
-            }
-        };
+        let (rc_path, required) = runtime_config_path(&manifest.dir, runtime_config);
         let runtime = RuntimeConfig::load(&rc_path, &manifest, required)?;
         let variables = crate::variables::resolve(&manifest.variables, |k| std::env::var(k).ok())
             .with_context(|| format!("{}", manifest.path.display()))?;
@@ -90,68 +82,269 @@ impl Plan {
             .unwrap_or(Limits::DEFAULT_MAX_MEMORY_MB << 20);
         PoolSettings {
             max_memory_bytes,
+            instances: crate::engine::pool_instances(),
             ..PoolSettings::default()
         }
     }
 }
 
-/// A component ready to take requests.
+/// Where the runtime config is read from: the given file (which must exist),
+/// else `./edgeinfer.toml` as CONTRACTS.md says, else the one beside the
+/// manifest. The flag says whether the file must exist.
+pub fn runtime_config_path(manifest_dir: &Path, given: Option<&Path>) -> (PathBuf, bool) {
+    match given {
+        Some(p) => (p.to_path_buf(), true),
+        None => {
+            let here = PathBuf::from("edgeinfer.toml");
+            let path = if here.exists() {
+                here
+            } else {
+                manifest_dir.join("edgeinfer.toml")
+            };
+            (path, false)
+        }
+    }
+}
+
+/// A component ready to take requests. Its compiled code is dropped after
+/// `idle_unload_ms` without calls (scale to zero) and mapped again from the
+/// compile cache by the next call.
 pub struct Loaded {
     pub id: String,
     pub digest: String,
     pub limits: Limits,
-    pub runnable: Arc<Runnable>,
+    pub scaling: Scaling,
+    pub admission: Arc<Admission>,
+    /// `None` while scaled to zero.
+    code: Mutex<Option<Arc<Runnable>>>,
+    /// Held while loading from zero, so a burst loads once.
+    loading: tokio::sync::Mutex<()>,
+    loader: Arc<Loader>,
+}
+
+/// What it takes to load a component again from the compile cache.
+struct Loader {
+    engine: Engine,
+    cache: CompileCache,
+    linker: Arc<Linker<InstanceState>>,
+    caps: Capabilities,
+    source: PathBuf,
+    timeout: Duration,
+}
+
+impl Loaded {
+    /// The component's code, loading it first if it was scaled to zero (the
+    /// flag says so: a cold start). Concurrent callers share one load.
+    pub async fn runnable(&self) -> Result<(Arc<Runnable>, bool)> {
+        if let Some(r) = self.loaded() {
+            return Ok((r, false));
+        }
+        let _single_flight = self.loading.lock().await;
+        if let Some(r) = self.loaded() {
+            return Ok((r, false));
+        }
+        let started = Instant::now();
+        let loader = self.loader.clone();
+        let digest = self.digest.clone();
+        let id = self.id.clone();
+        let runnable = tokio::task::spawn_blocking(move || loader.reload(&id, &digest))
+            .await
+            .context("loading task")??;
+        let runnable = Arc::new(runnable);
+        *self.code.lock().expect("code lock") = Some(runnable.clone());
+        let took = started.elapsed();
+        let m = metrics::global();
+        let label = metrics::component(&self.id);
+        m.cold_starts.get_or_create(&label).inc();
+        m.cold_start_duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        m.loaded.get_or_create(&label).set(1);
+        tracing::info!(component = %self.id, us = took.as_micros() as u64, "cold start: component loaded");
+        Ok((runnable, true))
+    }
+
+    /// The code if it is loaded.
+    pub fn loaded(&self) -> Option<Arc<Runnable>> {
+        self.code.lock().expect("code lock").clone()
+    }
+
+    /// Drops the compiled code and `InstancePre` if the component has been
+    /// idle for `idle_unload_ms`. Instances still running keep their own
+    /// reference; the precompiled artifact stays in the on-disk cache.
+    fn unload_if_idle(&self) -> bool {
+        if !self.admission.is_idle() || self.admission.idle_for() < self.scaling.idle_unload {
+            return false;
+        }
+        let Ok(_not_loading) = self.loading.try_lock() else {
+            return false;
+        };
+        let dropped = self.code.lock().expect("code lock").take();
+        if dropped.is_none() {
+            return false;
+        }
+        drop(dropped);
+        metrics::global()
+            .loaded
+            .get_or_create(&metrics::component(&self.id))
+            .set(0);
+        tracing::info!(component = %self.id, idle_ms = self.admission.idle_for().as_millis() as u64, "scaled to zero");
+        true
+    }
+}
+
+impl Loader {
+    /// Maps the precompiled artifact again; compiles from `source` only if
+    /// the cache lost it.
+    fn reload(&self, id: &str, digest: &str) -> Result<Runnable> {
+        let component = match self.cache.load_cached(&self.engine, digest) {
+            Some(c) => c,
+            None => {
+                let compiled = self
+                    .cache
+                    .load(&self.engine, &self.source)
+                    .with_context(|| format!("component `{id}`"))?;
+                if compiled.digest != digest {
+                    tracing::warn!(component = %id, "the component's file changed since the app was loaded; serving the new one");
+                }
+                compiled.component
+            }
+        };
+        Runnable::new(&self.linker, &component, self.caps.clone(), self.timeout)
+            .with_context(|| format!("component `{id}` ({})", self.source.display()))
+    }
 }
 
 pub struct App {
     pub name: String,
     pub router: Router<Target>,
-    pub components: BTreeMap<String, Loaded>,
+    pub components: BTreeMap<String, Arc<Loaded>>,
     /// Copies of `files` globs, removed when the app is dropped.
     _staged: Vec<tempfile::TempDir>,
+    /// Scales idle components to zero; stopped when the app is replaced or dropped.
+    reaper: Mutex<Option<AbortOnDrop>>,
 }
 
 impl App {
     /// Compiles (or maps from the cache) and pre-instantiates every component.
     pub fn load(plan: Plan, engine: &Engine, state_dir: &Path) -> Result<Self> {
+        Self::load_after(plan, engine, state_dir, None)
+    }
+
+    /// [`Self::load`] for a hot reload: admission gates of `previous` whose
+    /// limits did not change are kept, so limits hold across the swap.
+    pub fn load_after(
+        plan: Plan,
+        engine: &Engine,
+        state_dir: &Path,
+        previous: Option<&App>,
+    ) -> Result<Self> {
         let cache = CompileCache::new(engine, state_dir);
-        let linker = sandbox::linker(engine)?;
+        let linker = Arc::new(sandbox::linker(engine)?);
         let mut components = BTreeMap::new();
         let mut staged = Vec::new();
         for (id, c) in &plan.manifest.components {
             let limits = plan.runtime.settings(id).limits();
+            let scaling = plan.runtime.scaling(id);
             let caps = plan
                 .capabilities(c, &limits, state_dir, &mut staged)
                 .with_context(|| format!("component `{id}`"))?;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let compiled = cache
                 .load(engine, &c.source)
                 .with_context(|| format!("component `{id}`"))?;
-            let runnable = Runnable::new(&linker, &compiled.component, caps, limits.timeout)
-                .with_context(|| format!("component `{id}` ({})", c.source.display()))?;
+            let runnable =
+                Runnable::new(&linker, &compiled.component, caps.clone(), limits.timeout)
+                    .with_context(|| format!("component `{id}` ({})", c.source.display()))?;
             tracing::info!(
                 component = %id,
                 cached = compiled.cached,
                 ms = started.elapsed().as_millis() as u64,
                 "component ready"
             );
+            let admission = previous
+                .and_then(|p| p.components.get(id))
+                .map(|l| l.admission.clone())
+                .filter(|a| a.fits(id, &scaling))
+                .unwrap_or_else(|| Admission::new(id, &scaling));
+            let loader = Arc::new(Loader {
+                engine: engine.clone(),
+                cache: cache.clone(),
+                linker: linker.clone(),
+                caps,
+                source: c.source.clone(),
+                timeout: limits.timeout,
+            });
             components.insert(
                 id.clone(),
-                Loaded {
+                Arc::new(Loaded {
                     id: id.clone(),
                     digest: compiled.digest,
                     limits,
-                    runnable: Arc::new(runnable),
-                },
+                    scaling,
+                    admission,
+                    code: Mutex::new(Some(Arc::new(runnable))),
+                    loading: tokio::sync::Mutex::new(()),
+                    loader,
+                }),
             );
         }
+        let reaper = spawn_reaper(components.values().cloned().collect());
         Ok(Self {
             name: plan.manifest.name,
             router: plan.router,
             components,
             _staged: staged,
+            reaper: Mutex::new(reaper),
         })
     }
+
+    /// Marks every component loaded in `/metrics`, and forgets components
+    /// that `previous` had and this app does not. Called once the app serves;
+    /// `previous` (which may live on while its last calls finish) stops
+    /// scaling its components to zero, so it cannot report on this app's.
+    pub fn publish(&self, previous: Option<&App>) {
+        if let Some(p) = previous {
+            p.reaper.lock().expect("reaper lock").take();
+        }
+        let m = metrics::global();
+        for id in self.components.keys() {
+            m.loaded.get_or_create(&metrics::component(id)).set(1);
+        }
+        for id in previous.iter().flat_map(|p| p.components.keys()) {
+            if !self.components.contains_key(id) {
+                m.loaded.remove(&metrics::component(id));
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Checks for idle components often enough to unload each within about a
+/// quarter of its `idle_unload_ms`. Needs a tokio runtime; without one (a
+/// caller that only wants the code compiled) nothing is ever unloaded.
+fn spawn_reaper(components: Vec<Arc<Loaded>>) -> Option<AbortOnDrop> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let shortest = components.iter().map(|c| c.scaling.idle_unload).min()?;
+    let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    Some(AbortOnDrop(handle.spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            for c in &components {
+                c.unload_if_idle();
+            }
+        }
+    })))
 }
 
 impl Plan {

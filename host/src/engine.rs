@@ -27,10 +27,28 @@ pub struct PoolSettings {
     pub keep_resident_bytes: usize,
 }
 
+impl PoolSettings {
+    /// The instance budget shared by all components: `edgeinfer.toml`'s
+    /// `max_concurrency` settings may not add up to more (see
+    /// [`crate::runtime_config::Scaling`]).
+    pub const DEFAULT_INSTANCES: u32 = 1000;
+}
+
+/// The instance budget in force: `EDGEINFER_POOL_INSTANCES` if set to a
+/// positive number (for hosts that want a smaller or larger pool), else
+/// [`PoolSettings::DEFAULT_INSTANCES`].
+pub fn pool_instances() -> u32 {
+    std::env::var("EDGEINFER_POOL_INSTANCES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(PoolSettings::DEFAULT_INSTANCES)
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
-            instances: 1000,
+            instances: Self::DEFAULT_INSTANCES,
             max_memory_bytes: 256 << 20,
             keep_resident_bytes: 4 << 20,
         }
@@ -135,6 +153,21 @@ impl CompileCache {
         engine.precompile_compatibility_hash().hash(&mut h);
         let dir = state_dir.join("cache").join(format!("{:016x}", h.finish()));
         Self { dir }
+    }
+
+    /// Maps the artifact precompiled earlier from a component with this
+    /// digest (scale from zero); `None` if it is gone or unusable.
+    pub fn load_cached(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let artifact = self.dir.join(format!("{digest}.cwasm"));
+        // SAFETY: as in `load`: our own artifact, written by `precompile_component`
+        // under this engine's compatibility hash; wasmtime checks its header.
+        match unsafe { Component::deserialize_file(engine, &artifact) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(artifact = %artifact.display(), error = %e, "cached artifact unusable");
+                None
+            }
+        }
     }
 
     pub fn load(&self, engine: &Engine, path: &Path) -> Result<Compiled> {

@@ -37,6 +37,9 @@ pub enum GuestFailure {
     Trap(String),
     #[error("the component failed: {0}")]
     Failed(String),
+    /// The engine's instance pool, shared by all components, had no free slot.
+    #[error("the host is out of instance slots: {0}")]
+    PoolExhausted(String),
 }
 
 /// Raised from the epoch callback once a request's deadline has passed.
@@ -70,6 +73,17 @@ impl Runnable {
     /// Runs `req` in a fresh instance. The instance lives on in a task of its
     /// own until the guest has finished writing the response body.
     pub async fn handle(self: &Arc<Self>, req: Request) -> Result<Response, GuestFailure> {
+        self.handle_with(req, ()).await
+    }
+
+    /// [`Self::handle`], holding `guard` (e.g. an admission permit) for as long
+    /// as the instance lives: until its response body is done, it failed, or
+    /// its deadline passed.
+    pub async fn handle_with<G: Send + 'static>(
+        self: &Arc<Self>,
+        req: Request,
+        guard: G,
+    ) -> Result<Response, GuestFailure> {
         let deadline = Instant::now() + self.timeout;
         let memory = Arc::new(MemoryStats::default());
         let state = InstanceState::new(&self.caps, memory.clone())
@@ -89,6 +103,7 @@ impl Runnable {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         let run = tokio::spawn(async move {
+            let _guard = guard;
             let instance = async {
                 let proxy = this.pre.instantiate_async(&mut store).await?;
                 store
@@ -140,6 +155,50 @@ impl Runnable {
         Err(self.classify(&failure, &memory))
     }
 
+    /// Runs `requests` one after another in ONE instance and times each
+    /// (head and whole body). Not a serving path: requests share the instance's
+    /// state. `edgeinfer bench` uses it to time inference warm in the sandbox.
+    pub async fn time_in_one_instance(
+        &self,
+        requests: impl IntoIterator<Item = Request>,
+    ) -> anyhow::Result<Vec<(Duration, bytes::Bytes)>> {
+        let state = InstanceState::new(&self.caps, Arc::new(MemoryStats::default()))?;
+        let mut store = Store::new(self.pre_engine(), state);
+        store.limiter(|s| s.limiter());
+        // No deadline: the epoch clock just yields.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        let requests: Vec<Request> = requests.into_iter().collect();
+        let timed = store
+            .run_concurrent(async |accessor| {
+                let mut timed = Vec::new();
+                for req in requests {
+                    let started = Instant::now();
+                    let (tx, rx) = oneshot::channel();
+                    let prepared = accessor.with(|mut s| {
+                        Prepared::new(
+                            s.as_context_mut(),
+                            &proxy,
+                            req,
+                            <InstanceState as wasmtime_wasi_http::WasiHttpView>::http,
+                            tx,
+                        )
+                    })?;
+                    let (ran, response) =
+                        futures::join!(prepared.run(accessor, std::future::pending()), async {
+                            let response = rx.await??;
+                            let body = response.into_body().collect().await?.to_bytes();
+                            wasmtime::Result::<_>::Ok(body)
+                        });
+                    ran?;
+                    timed.push((started.elapsed(), response?));
+                }
+                wasmtime::Result::<_>::Ok(timed)
+            })
+            .await??;
+        Ok(timed)
+    }
+
     fn pre_engine(&self) -> &wasmtime::Engine {
         match &self.pre {
             ProxyPre::P2(p) => p.instance_pre().engine(),
@@ -150,6 +209,9 @@ impl Runnable {
 
 impl Runnable {
     fn classify(&self, e: &wasmtime::Error, memory: &MemoryStats) -> GuestFailure {
+        if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+            return GuestFailure::PoolExhausted(full.to_string());
+        }
         if e.downcast_ref::<DeadlineExceeded>().is_some()
             || e.downcast_ref::<ExpirationError>().is_some()
         {

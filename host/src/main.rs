@@ -37,8 +37,53 @@ enum Command {
         #[arg(long)]
         build: bool,
     },
-    /// Run each component's build command.
+    /// Run each component's build command, then bake the components that ask for it.
     Build {
+        #[arg(long = "from", short = 'f', default_value = "spin.toml")]
+        manifest: PathBuf,
+    },
+    /// Manage the app's models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Time a model natively, in the sandbox (warm) and from a fresh instance (cold).
+    Bench {
+        /// The .onnx file.
+        model: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// An OIP inference request body to send (default: synthetic inputs).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Sizes for an input's dynamic dims, e.g. `x=1,3,48,192` (others are 1).
+        #[arg(long = "shape")]
+        shapes: Vec<String>,
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// The generic function, built by `cargo build --release -p oip` in functions/.
+        #[arg(long, default_value = "target/wasm/wasm32-wasip2/release/oip.wasm")]
+        component: PathBuf,
+        #[arg(long, default_value = ".edgeinfer")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Serve an ONNX model over the Open Inference Protocol, with no code.
+    Add {
+        /// Model name, used in /v2/models/NAME and as the component id.
+        name: String,
+        /// The .onnx file; it is copied to models/NAME/.
+        file: PathBuf,
+        /// Where inference runs.
+        #[arg(long, value_enum, default_value = "tract")]
+        engine: edgeinfer::runtime_config::Engine,
+        /// An input shape to plan at build time, e.g. `x=1,3,48,192` (one per input).
+        #[arg(long = "shape")]
+        shapes: Vec<String>,
         #[arg(long = "from", short = 'f', default_value = "spin.toml")]
         manifest: PathBuf,
     },
@@ -79,6 +124,39 @@ fn main() -> std::process::ExitCode {
             build,
         })),
         Command::Build { manifest } => runtime.block_on(edgeinfer::up::build(&manifest)),
+        Command::Models {
+            command:
+                ModelsCommand::Add {
+                    name,
+                    file,
+                    engine,
+                    shapes,
+                    manifest,
+                },
+        } => edgeinfer::models::add(&edgeinfer::models::AddOptions {
+            name,
+            file,
+            engine,
+            shapes,
+            manifest,
+        }),
+        Command::Bench {
+            model,
+            json,
+            input,
+            shapes,
+            iterations,
+            component,
+            state_dir,
+        } => runtime.block_on(edgeinfer::bench::bench(&edgeinfer::bench::BenchOptions {
+            model,
+            input,
+            shapes,
+            iterations,
+            component,
+            state_dir,
+            json,
+        })),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

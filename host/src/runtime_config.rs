@@ -15,6 +15,10 @@ use crate::toml_file::{ConfigError, Source};
 pub struct RuntimeConfig {
     #[serde(default)]
     pub component: BTreeMap<String, ComponentSettings>,
+    /// `max_concurrency` of the components that do not set it: their fair
+    /// share of the pool (see [`Scaling`]). Worked out by [`RuntimeConfig::load`].
+    #[serde(skip)]
+    default_concurrency: u32,
 }
 
 /// Per-component settings; every key is optional.
@@ -31,7 +35,7 @@ pub struct ComponentSettings {
     pub engine: Option<Engine>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
     Tract,
@@ -54,6 +58,34 @@ impl Limits {
     pub const MAX_MEMORY_MB_CEILING: u64 = 4096;
 }
 
+/// Admission and scale-to-zero settings, with defaults applied.
+///
+/// Defaults:
+/// - `max_concurrency`: a fair share of the engine's instance pool, which
+///   all components share ([`crate::engine::pool_instances`]: 1000 unless
+///   `EDGEINFER_POOL_INSTANCES` says otherwise). Components that set
+///   `max_concurrency` reserve that many slots; what is left is split evenly
+///   between the others (rounded down, at least 1 each). All settings
+///   together may not add up to more than the pool, so a busy component can
+///   never take the slots another was promised, and admission (429/503), not
+///   the pool, is what turns load away.
+/// - `max_queue`: 64 waiting requests beyond those running (0: no queue).
+/// - `queue_timeout_ms`: 2000.
+/// - `idle_unload_ms`: 300000 (5 minutes); a large value keeps a component loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scaling {
+    pub max_concurrency: u32,
+    pub max_queue: u32,
+    pub queue_timeout: Duration,
+    pub idle_unload: Duration,
+}
+
+impl Scaling {
+    pub const DEFAULT_MAX_QUEUE: u32 = 64;
+    pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 2_000;
+    pub const DEFAULT_IDLE_UNLOAD_MS: u64 = 300_000;
+}
+
 impl ComponentSettings {
     pub fn limits(&self) -> Limits {
         Limits {
@@ -67,16 +99,34 @@ impl ComponentSettings {
 impl RuntimeConfig {
     /// Loads `path`, checking it against the manifest. A missing file means defaults.
     pub fn load(path: &Path, manifest: &Manifest, required: bool) -> Result<Self, ConfigError> {
+        let pool = crate::engine::pool_instances();
         if !required && !path.exists() {
-            return Ok(Self::default());
+            if manifest.components.len() > pool as usize {
+                return Err(ConfigError {
+                    file: manifest.path.clone(),
+                    line: None,
+                    column: None,
+                    key: None,
+                    message: format!(
+                        "{} components, more than the host's pool of {pool} instances",
+                        manifest.components.len()
+                    ),
+                });
+            }
+            return Ok(Self {
+                default_concurrency: fair_share(pool, manifest.components.len()),
+                ..Self::default()
+            });
         }
         let src = Source::read(path)?;
-        let cfg: RuntimeConfig = src.parse()?;
+        let mut cfg: RuntimeConfig = src.parse()?;
         for (id, settings) in &cfg.component {
             let key = format!("component.{id}");
             if !manifest.components.contains_key(id) {
                 return Err(src.error_for_key(key, format!("spin.toml has no component `{id}`")));
             }
+            let concurrency_msg =
+                format!("must be between 1 and the host's pool of {pool} instances");
             let checks = [
                 (
                     "timeout_ms",
@@ -97,26 +147,27 @@ impl RuntimeConfig {
                 ),
                 (
                     "max_concurrency",
-                    settings.max_concurrency.is_some_and(|v| v == 0),
+                    settings.max_concurrency.is_some_and(|v| v == 0 || v > pool),
+                    concurrency_msg.as_str(),
+                ),
+                (
+                    "max_queue",
+                    settings.max_queue.is_some_and(|v| v > MAX_QUEUE_CEILING),
+                    "must be at most 1000000",
+                ),
+                (
+                    "queue_timeout_ms",
+                    settings.queue_timeout_ms.is_some_and(|v| v == 0),
                     "must be at least 1",
+                ),
+                (
+                    "idle_unload_ms",
+                    settings.idle_unload_ms.is_some_and(|v| v == 0),
+                    "must be at least 1 (a large value keeps the component loaded)",
                 ),
             ];
             if let Some((field, _, msg)) = checks.iter().find(|(_, bad, _)| *bad) {
                 return Err(src.error_for_key(format!("{key}.{field}"), *msg));
-            }
-            // Accepted by the schema (CONTRACTS.md) but not enforced yet: refuse
-            // rather than let a limit the user relies on silently do nothing.
-            let pending = [
-                ("max_concurrency", settings.max_concurrency.is_some()),
-                ("max_queue", settings.max_queue.is_some()),
-                ("queue_timeout_ms", settings.queue_timeout_ms.is_some()),
-                ("idle_unload_ms", settings.idle_unload_ms.is_some()),
-            ];
-            if let Some((field, _)) = pending.iter().find(|(_, set)| *set) {
-                return Err(src.error_for_key(
-                    format!("{key}.{field}"),
-                    "admission control and scale-to-zero are not implemented yet",
-                ));
             }
             if settings.engine == Some(Engine::WasiNn) {
                 return Err(src.error_for_key(
@@ -125,10 +176,88 @@ impl RuntimeConfig {
                 ));
             }
         }
+
+        // The pool is shared: explicit reservations first, then at least one
+        // slot for every component that leaves `max_concurrency` unset.
+        let mut reserved: u64 = 0;
+        for (id, settings) in &cfg.component {
+            let Some(n) = settings.max_concurrency else {
+                continue;
+            };
+            reserved += u64::from(n);
+            if reserved > u64::from(pool) {
+                return Err(src.error_for_key(
+                    format!("component.{id}.max_concurrency"),
+                    format!(
+                        "max_concurrency adds up to {reserved} over the components so far, \
+                         more than the host's pool of {pool} instances shared by all components"
+                    ),
+                ));
+            }
+        }
+        let unset = manifest
+            .components
+            .keys()
+            .filter(|id| cfg.settings(id).max_concurrency.is_none())
+            .count();
+        let left = pool - reserved as u32;
+        if unset as u64 > u64::from(left) {
+            let id = manifest
+                .components
+                .keys()
+                .find(|id| {
+                    cfg.component
+                        .get(*id)
+                        .is_some_and(|s| s.max_concurrency.is_some())
+                })
+                .cloned()
+                .unwrap_or_default();
+            return Err(src.error_for_key(
+                format!("component.{id}.max_concurrency"),
+                format!(
+                    "the max_concurrency settings reserve {reserved} of the host's pool of \
+                     {pool} instances, leaving {left} for {unset} component(s) without one; \
+                     each needs at least 1"
+                ),
+            ));
+        }
+        cfg.default_concurrency = fair_share(left, unset);
         Ok(cfg)
     }
 
     pub fn settings(&self, component: &str) -> ComponentSettings {
         self.component.get(component).cloned().unwrap_or_default()
+    }
+
+    /// Admission and scale-to-zero settings of `component`, defaults applied.
+    pub fn scaling(&self, component: &str) -> Scaling {
+        let s = self.component.get(component);
+        let get = |f: fn(&ComponentSettings) -> Option<u64>| s.and_then(f);
+        Scaling {
+            max_concurrency: s
+                .and_then(|s| s.max_concurrency)
+                .unwrap_or(self.default_concurrency.max(1)),
+            max_queue: s
+                .and_then(|s| s.max_queue)
+                .unwrap_or(Scaling::DEFAULT_MAX_QUEUE),
+            queue_timeout: Duration::from_millis(
+                get(|s| s.queue_timeout_ms).unwrap_or(Scaling::DEFAULT_QUEUE_TIMEOUT_MS),
+            ),
+            idle_unload: Duration::from_millis(
+                get(|s| s.idle_unload_ms).unwrap_or(Scaling::DEFAULT_IDLE_UNLOAD_MS),
+            ),
+        }
+    }
+}
+
+/// Sanity bound for `max_queue`: waiting requests cost memory (their bodies).
+const MAX_QUEUE_CEILING: u32 = 1_000_000;
+
+/// `left` slots split evenly between `components` (rounded down, at least 1).
+fn fair_share(left: u32, components: usize) -> u32 {
+    match u32::try_from(components) {
+        Ok(0) => left.max(1),
+        Ok(n) => (left / n).max(1),
+        Err(_) => 1,
     }
 }

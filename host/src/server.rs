@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
@@ -17,30 +17,44 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
+use crate::admission::Rejected;
 use crate::app::{App, Target};
 use crate::invoke::{GuestFailure, Response, full_body};
+use crate::metrics::{self, RejectReason};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// What `Retry-After` says on 429 and 503, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
 /// Serving state; the app appears once its components are compiled.
 pub struct Server {
-    app: OnceLock<App>,
+    app: RwLock<Option<Arc<App>>>,
     local_addr: SocketAddr,
 }
 
 impl Server {
     pub fn new(local_addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
-            app: OnceLock::new(),
+            app: RwLock::new(None),
             local_addr,
         })
     }
 
-    /// Marks the app ready; requests before this get 503.
-    pub fn set_app(&self, app: App) {
-        if self.app.set(app).is_err() {
-            tracing::error!("app was already loaded");
-        }
+    /// Marks the app ready; requests before this get 503. A later call swaps
+    /// in a new app atomically (hot reload): requests already dispatched
+    /// finish on the app they started with, which is dropped after the last
+    /// of them. Returns the app replaced.
+    pub fn set_app(&self, app: App) -> Option<Arc<App>> {
+        let app = Arc::new(app);
+        let previous = self.app.write().expect("app lock").replace(app.clone());
+        app.publish(previous.as_deref());
+        previous
+    }
+
+    /// The app serving now.
+    pub fn app(&self) -> Option<Arc<App>> {
+        self.app.read().expect("app lock").clone()
     }
 
     /// Accepts connections until `shutdown` resolves, then stops accepting and
@@ -92,16 +106,33 @@ impl Server {
 
     async fn handle(&self, req: http::Request<Incoming>, peer: SocketAddr) -> Response {
         let id = Uuid::now_v7();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let mut resp = self.dispatch(req, peer, &id).await;
+        let mut component = None;
+        let mut resp = self.dispatch(req, peer, &id, &mut component).await;
+        let took = started.elapsed();
+        let status = resp.status().as_u16();
+        if let Some(c) = &component {
+            let m = metrics::global();
+            m.requests
+                .get_or_create(&metrics::StatusLabels {
+                    component: c.clone(),
+                    status,
+                })
+                .inc();
+            m.request_duration
+                .get_or_create(&metrics::component(c))
+                .observe(took.as_secs_f64());
+        }
+        // One line per request (the duration is to the response head).
         tracing::info!(
             request_id = %id,
             %method,
             path,
-            status = resp.status().as_u16(),
-            us = started.elapsed().as_micros() as u64,
+            component = %component.as_deref().unwrap_or("-"),
+            status,
+            us = took.as_micros() as u64,
             "request"
         );
         resp.headers_mut().insert(
@@ -116,37 +147,44 @@ impl Server {
         req: http::Request<Incoming>,
         peer: SocketAddr,
         id: &Uuid,
+        component_id: &mut Option<String>,
     ) -> Response {
         let path = req.uri().path();
         if req.method() == Method::GET {
             match path {
                 "/v2/health/live" => return json(StatusCode::OK, r#"{"live":true}"#),
                 "/v2/health/ready" => {
-                    return match self.app.get() {
+                    return match self.app() {
                         Some(_) => json(StatusCode::OK, r#"{"ready":true}"#),
                         None => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#),
                     };
                 }
+                "/metrics" => {
+                    let mut r = http::Response::new(full_body(metrics::global().encode()));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static(metrics::CONTENT_TYPE),
+                    );
+                    return r;
+                }
                 _ => {}
             }
         }
-        let Some(app) = self.app.get() else {
-            let mut r = error(
+        let Some(app) = self.app() else {
+            return retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the app is still loading",
                 id,
             );
-            r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
         };
         let Some(matched) = app.router.route(path) else {
             return error(StatusCode::NOT_FOUND, &format!("no route for {path}"), id);
         };
         let component = match matched.target {
             Target::Static(s) => return static_response(s),
-            Target::Component(c) => &app.components[c],
+            Target::Component(c) => app.components[c].clone(),
         };
+        *component_id = Some(component.id.clone());
 
         let (mut parts, body) = req.into_parts();
         let limit = component.limits.max_body_bytes;
@@ -231,8 +269,69 @@ impl Server {
         }
 
         let req = http::Request::from_parts(parts, full_body(body));
-        match component.runnable.handle(req).await {
+
+        // Admission: a slot among `max_concurrency`, after a bounded FIFO wait.
+        let m = metrics::global();
+        let queued = Instant::now();
+        let permit = match component
+            .admission
+            .admit(component.scaling.queue_timeout)
+            .await
+        {
+            Ok(p) => p,
+            Err(Rejected::QueueFull) => {
+                m.reject(&component.id, RejectReason::QueueFull);
+                return retry_later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!(
+                        "component `{}` is at capacity: {} running and {} waiting",
+                        component.id,
+                        component.scaling.max_concurrency,
+                        component.scaling.max_queue
+                    ),
+                    id,
+                );
+            }
+            Err(Rejected::QueueTimeout(waited)) => {
+                m.reject(&component.id, RejectReason::QueueTimeout);
+                return retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "component `{}` is overloaded: no instance came free within {} ms",
+                        component.id,
+                        waited.as_millis()
+                    ),
+                    id,
+                );
+            }
+        };
+        m.queue_duration
+            .get_or_create(&metrics::component(&component.id))
+            .observe(queued.elapsed().as_secs_f64());
+
+        let runnable = match component.runnable().await {
+            Ok((r, _cold)) => r,
+            Err(e) => {
+                tracing::error!(request_id = %id, component = %component.id, error = format!("{e:#}"), "loading the component failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("loading component `{}` failed: {e:#}", component.id),
+                    id,
+                );
+            }
+        };
+        // The instance holds the permit, and the app it came from, until it is gone.
+        match runnable.handle_with(req, (permit, app.clone())).await {
             Ok(resp) => resp,
+            Err(GuestFailure::PoolExhausted(why)) => {
+                m.reject(&component.id, RejectReason::PoolExhausted);
+                tracing::warn!(request_id = %id, component = %component.id, error = %why, "instance pool exhausted");
+                retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the host is out of instance slots ({why})"),
+                    id,
+                )
+            }
             Err(failure) => {
                 tracing::warn!(request_id = %id, component = %component.id, error = %failure, "guest failed");
                 let status = match failure {
@@ -243,6 +342,14 @@ impl Server {
             }
         }
     }
+}
+
+/// An error the client may retry: 429 or 503 with `Retry-After`.
+fn retry_later(status: StatusCode, message: &str, id: &Uuid) -> Response {
+    let mut r = error(status, message, id);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    r
 }
 
 enum BodyError {

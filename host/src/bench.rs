@@ -1,0 +1,323 @@
+//! `edgeinfer bench FILE.onnx`: one model, timed side by side in one run:
+//!
+//! - `native`: the kit's tract engine in this process (decode, run, encode);
+//! - `wasm`: the same request to the generic `oip` function, baked with the
+//!   model, in one warm instance (tract inside the sandbox);
+//! - `cold`: the same request, each to a fresh instance (instantiation, first
+//!   touch of the copy-on-write image, and inference), as `up` serves it;
+//! - `wasi_nn`: not available until the host implements `wasi:nn`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use kit::engine::{Engine as _, TensorSpec, TractEngine};
+use kit::tensor::{DataType, Tensor, TensorData};
+use serde_json::{Value, json};
+
+use crate::engine::{CompileCache, EpochClock, PoolSettings, new_engine};
+use crate::invoke::{Runnable, full_body};
+use crate::outbound::OutboundPolicy;
+use crate::sandbox::{self, Capabilities};
+
+/// The name the model is served under inside the benchmark.
+const NAME: &str = "bench";
+
+pub struct BenchOptions {
+    pub model: PathBuf,
+    /// An OIP request body to send; otherwise inputs are synthesised.
+    pub input: Option<PathBuf>,
+    /// Concrete sizes for dynamic input dims, `NAME=D,D,...` (others are 1).
+    pub shapes: Vec<String>,
+    pub iterations: usize,
+    /// The built generic function (`cargo build --release -p oip` in functions/).
+    pub component: PathBuf,
+    pub state_dir: PathBuf,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl Summary {
+    fn of(mut samples: Vec<Duration>) -> Summary {
+        samples.sort();
+        let at = |q: f64| {
+            let ix = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples[ix].as_secs_f64() * 1e6
+        };
+        Summary {
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+pub async fn bench(opts: &BenchOptions) -> Result<()> {
+    if opts.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let bytes =
+        std::fs::read(&opts.model).with_context(|| format!("reading {}", opts.model.display()))?;
+    let engine = TractEngine::from_onnx(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {}", opts.model.display(), e.message()))?;
+    let body = match &opts.input {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => synthetic_request(engine.inputs(), &opts.shapes)?,
+    };
+    let n = opts.iterations;
+
+    // Native: what the function does per request, outside the sandbox.
+    let native_once = || -> Result<Vec<u8>> {
+        let request = kit::decode::infer_request(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let outputs = engine
+            .run(request.inputs)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::to_vec(&kit::respond::infer_body(
+            NAME, None, &outputs,
+        ))?)
+    };
+    let reference: Value = serde_json::from_slice(&native_once()?)?;
+    let mut native = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        native_once()?;
+        native.push(started.elapsed());
+    }
+
+    // The sandbox: the generic function baked with this model, planned for
+    // these input shapes (as `models add --shape` would have it).
+    let shapes = kit::decode::infer_request(&body)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .inputs
+        .iter()
+        .map(|t| format!("{}={}", t.name, join(&t.shape)))
+        .collect::<Vec<_>>()
+        .join(";");
+    let runnable = sandboxed(opts, &bytes, &shapes).await?;
+    let request = || {
+        http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"))
+            .header("content-type", "application/json")
+            .body(full_body(body.clone()))
+            .expect("a valid request")
+    };
+    let warm = runnable
+        .time_in_one_instance((0..n + 1).map(|_| request()))
+        .await?;
+    check_same(&reference, &warm[0].1, "in the sandbox")?;
+    // The first call in the instance is its cold one; keep the rest.
+    let wasm: Vec<Duration> = warm[1..].iter().map(|(d, _)| *d).collect();
+
+    let mut cold = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let response = runnable
+            .handle(request())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let status = response.status();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the response: {e:?}"))?
+            .to_bytes();
+        cold.push(started.elapsed());
+        if !status.is_success() {
+            bail!(
+                "the sandboxed model answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+
+    let report = json!({
+        "model": opts.model.display().to_string(),
+        "iterations": n,
+        "native_us": Summary::of(native),
+        "wasm_us": Summary::of(wasm),
+        "wasi_nn_us": Value::Null,
+        "cold_us": Summary::of(cold),
+        "notes": ["wasi_nn_us: the host does not implement wasi:nn yet"],
+    });
+    if opts.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(report: &Value) {
+    println!(
+        "{} ({} iterations)",
+        report["model"].as_str().unwrap_or_default(),
+        report["iterations"]
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>10}",
+        "", "p50 µs", "p99 µs", "p50/native"
+    );
+    let native = report["native_us"]["p50"].as_f64().unwrap_or(f64::NAN);
+    for (label, key) in [
+        ("native", "native_us"),
+        ("wasm", "wasm_us"),
+        ("cold", "cold_us"),
+        ("wasi-nn", "wasi_nn_us"),
+    ] {
+        let s = &report[key];
+        if s.is_null() {
+            println!("{label:<10} {:>12} {:>12} {:>10}", "n/a", "n/a", "");
+            continue;
+        }
+        let p50 = s["p50"].as_f64().unwrap_or(f64::NAN);
+        let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
+        println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
+    }
+    println!("wasi-nn: not implemented by the host yet");
+}
+
+/// Bakes the generic function with the model and readies it on a pooling engine.
+async fn sandboxed(opts: &BenchOptions, model: &[u8], shapes: &str) -> Result<Arc<Runnable>> {
+    if !opts.component.exists() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p oip` in functions/",
+            opts.component.display()
+        );
+    }
+    let work = tempfile::Builder::new()
+        .prefix("bench-")
+        .tempdir_in(create(&opts.state_dir)?)?;
+    let model_dir = work.path().join("model");
+    std::fs::create_dir_all(&model_dir)?;
+    std::fs::write(model_dir.join("model.onnx"), model)?;
+    let caps = Capabilities {
+        environment: vec![
+            ("EDGEINFER_MODEL_NAME".into(), NAME.into()),
+            ("EDGEINFER_INPUT_SHAPES".into(), shapes.into()),
+        ],
+        mounts: vec![(model_dir, "/model".into())],
+        variables: Default::default(),
+        outbound: OutboundPolicy::new(Vec::new()),
+        max_memory_bytes: 4 << 30,
+    };
+    let baked = work.path().join("baked.wasm");
+    crate::bake::bake(&crate::bake::engine()?, &caps, &opts.component, &baked).await?;
+
+    let engine = new_engine(&PoolSettings::default())?;
+    // Leaked on purpose: the clock must outlive every instance of this run.
+    std::mem::forget(EpochClock::start(engine.clone()));
+    let compiled = CompileCache::new(&engine, &opts.state_dir).load(&engine, &baked)?;
+    let linker = sandbox::linker(&engine)?;
+    let runnable = Runnable::new(&linker, &compiled.component, caps, Duration::from_secs(300))?;
+    // The model stays mounted for the run; remove the work dir at exit.
+    std::mem::forget(work);
+    Ok(Arc::new(runnable))
+}
+
+fn join(dims: &[usize]) -> String {
+    dims.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn create(dir: &Path) -> Result<&Path> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Both runs must agree, or the timing compares different work.
+fn check_same(native: &Value, sandboxed: &[u8], what: &str) -> Result<()> {
+    let got: Value = serde_json::from_slice(sandboxed).with_context(|| {
+        format!(
+            "the answer {what} is not JSON: {}",
+            String::from_utf8_lossy(sandboxed)
+        )
+    })?;
+    let (Some(a), Some(b)) = (native["outputs"].as_array(), got["outputs"].as_array()) else {
+        bail!("the answer {what} has no outputs: {got}");
+    };
+    for (a, b) in a.iter().zip(b) {
+        let (Some(x), Some(y)) = (a["data"].as_array(), b["data"].as_array()) else {
+            continue;
+        };
+        let worst = x
+            .iter()
+            .zip(y)
+            .filter_map(|(x, y)| Some((x.as_f64()? - y.as_f64()?).abs()))
+            .fold(0.0, f64::max);
+        if x.len() != y.len() || worst > 1e-3 {
+            bail!(
+                "output '{}' differs natively and {what} (max abs diff {worst})",
+                a["name"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An OIP request with deterministic pseudo-random inputs: floats in [0, 1),
+/// integers in [0, 100) (valid token ids and byte values alike).
+fn synthetic_request(specs: &[TensorSpec], shapes: &[String]) -> Result<Vec<u8>> {
+    let mut given = std::collections::HashMap::new();
+    for s in shapes {
+        let (name, dims) = s
+            .split_once('=')
+            .with_context(|| format!("--shape `{s}`: expected NAME=D,D,..."))?;
+        let dims: Vec<usize> = dims
+            .split(',')
+            .map(|d| d.trim().parse())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--shape `{s}`: dims must be numbers"))?;
+        given.insert(name.to_string(), dims);
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut inputs = Vec::new();
+    for spec in specs {
+        let shape: Vec<usize> = match given.remove(&spec.name) {
+            Some(shape) => shape,
+            None => spec.shape.iter().map(|d| d.unwrap_or(1)).collect(),
+        };
+        let n: usize = shape.iter().product();
+        let mut float = || (next() >> 40) as f32 / (1u64 << 24) as f32;
+        let data: TensorData = match spec.datatype {
+            DataType::Fp32 => (0..n).map(|_| float()).collect::<Vec<f32>>().into(),
+            DataType::Fp64 => (0..n).map(|_| float() as f64).collect::<Vec<f64>>().into(),
+            DataType::Fp16 => (0..n)
+                .map(|_| half::f16::from_f32(float()))
+                .collect::<Vec<_>>()
+                .into(),
+            DataType::Int64 => (0..n)
+                .map(|_| (next() % 100) as i64)
+                .collect::<Vec<_>>()
+                .into(),
+            DataType::Int32 => (0..n)
+                .map(|_| (next() % 100) as i32)
+                .collect::<Vec<_>>()
+                .into(),
+            DataType::Int8 => (0..n)
+                .map(|_| (next() % 100) as i8)
+                .collect::<Vec<_>>()
+                .into(),
+            DataType::Uint8 => (0..n)
+                .map(|_| (next() % 100) as u8)
+                .collect::<Vec<_>>()
+                .into(),
+            DataType::Bool => (0..n).map(|_| next() % 2 == 0).collect::<Vec<_>>().into(),
+        };
+        inputs.push(Tensor::new(&spec.name, shape, data).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    if let Some(name) = given.keys().next() {
+        bail!("--shape names `{name}`, which is not an input of the model");
+    }
+    Ok(serde_json::to_vec(&json!({ "inputs": inputs }))?)
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Per-model latency, side by side in one run, on the same input (one case of
+# each model's reference.json): ONNX Runtime (Python, 1 thread), native tract,
+# tract in the sandbox (warm instance) and cold (a fresh instance per call,
+# which is how `edgeinfer up` serves every request).
+#
+# Usage: tests/bench/models.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet extra/ppocr-cls)
+# Env:   ITERATIONS (default 200), EDGEINFER_BIN (default target/release/edgeinfer),
+#        PYTHON (a python with onnxruntime; default: a venv made in target/bench-venv).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ITERATIONS=${ITERATIONS:-200}
+models=("$@")
+[[ ${#models[@]} == 0 ]] && models=(digits filetype embed extra/squeezenet extra/ppocr-cls)
+
+rustup target add wasm32-wasip2 >&2
+(cd functions && cargo build --release -p oip) >&2
+if [[ -z "${EDGEINFER_BIN:-}" ]]; then
+  cargo build --release -p edgeinfer >&2
+  EDGEINFER_BIN=$PWD/target/release/edgeinfer
+fi
+if [[ -z "${PYTHON:-}" ]]; then
+  [[ -x target/bench-venv/bin/python ]] || python3 -m venv target/bench-venv >&2
+  target/bench-venv/bin/pip install -q onnxruntime==1.32.0 numpy >&2
+  PYTHON=target/bench-venv/bin/python
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf '%-18s %9s %9s %9s %9s %9s %9s %9s %9s | %8s %8s %8s\n' model \
+  ort_p50 ort_p99 nat_p50 nat_p99 wasm_p50 wasm_p99 cold_p50 cold_p99 nat/ort wasm/nat cold-wasm
+for m in "${models[@]}"; do
+  "$PYTHON" models/bench.py "$m" --emit-request "$tmp/req.json"
+  ort=$("$PYTHON" models/bench.py "$m" --json --runs "$ITERATIONS")
+  ours=$("$EDGEINFER_BIN" bench "models/$m/model.onnx" --input "$tmp/req.json" \
+    --iterations "$ITERATIONS" --state-dir target/bench-state --json)
+  "$PYTHON" - "$m" "$ort" "$ours" <<'EOF'
+import json, sys
+m, ort, ours = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+o, n, w, c = ort["ort_us"], ours["native_us"], ours["wasm_us"], ours["cold_us"]
+print(f"{m:18} {o['p50']:9.0f} {o['p99']:9.0f} {n['p50']:9.0f} {n['p99']:9.0f} {w['p50']:9.0f} {w['p99']:9.0f} "
+      f"{c['p50']:9.0f} {c['p99']:9.0f} | {n['p50']/o['p50']:7.2f}x {w['p50']/n['p50']:7.2f}x {(c['p50']-w['p50'])/1000:6.2f}ms")
+EOF
+done
+echo "(µs; wasi-nn: not implemented by the host yet)"

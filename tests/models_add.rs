@@ -1,0 +1,202 @@
+//! `edgeinfer models add`: real ONNX models served over OIP with no code,
+//! checked against ONNX Runtime; models tract cannot run are refused at add
+//! time, naming the operator.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{App, artifacts, component, manifest};
+use serde_json::{Value, json};
+
+/// Added by models/fetch.py's `extra` group, with references from models/reference.py.
+const EXTRA: [&str; 3] = ["ppocr-cls", "silero-vad", "squeezenet"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn add(app_dir: &Path, name: &str, file: &Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeinfer"));
+    cmd.args(["models", "add", name]).arg(file);
+    // PP-OCR's classifier is planned per input shape: plan the one the
+    // references use at build time.
+    if name == "ppocr-cls" {
+        cmd.args(["--shape", "x=1,3,48,192"]);
+    }
+    cmd.arg("--from")
+        .arg(app_dir.join("spin.toml"))
+        .output()
+        .unwrap()
+}
+
+/// An app laid out like this repository: `models add` writes build commands
+/// for `functions/` and bakes from `target/`, so link both in.
+fn app_like_repo() -> App {
+    App::new(manifest(&component("hello", "/hello", artifacts::HELLO)))
+}
+
+fn link_repo(dir: &Path) {
+    for d in ["functions", "target"] {
+        std::os::unix::fs::symlink(repo().join(d), dir.join(d)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn added_models_match_onnx_runtime_over_oip() {
+    let app = app_like_repo().arg("--build");
+    let dir = app.write();
+    link_repo(dir.path());
+    for name in EXTRA {
+        let out = add(
+            dir.path(),
+            name,
+            &repo().join(format!("models/extra/{name}/model.onnx")),
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            dir.path()
+                .join(format!("models/{name}/model.onnx"))
+                .exists()
+        );
+    }
+    // spin.toml stays a plain Spin manifest that names the new components.
+    let text = std::fs::read_to_string(dir.path().join("spin.toml")).unwrap();
+    for name in EXTRA {
+        assert!(text.contains(&format!("[component.{name}]")));
+        assert!(text.contains(&format!("route = \"/v2/models/{name}/...\"")));
+    }
+
+    let host = app.start_in(dir).await;
+    for name in EXTRA {
+        let meta: Value = host
+            .get(&format!("/v2/models/{name}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(meta["name"], name);
+        // Built with +simd128, the component runs tract's wasm SIMD kernels.
+        assert_eq!(meta["backend"]["linalg"][0], "wasm-simd128", "{meta}");
+        assert_eq!(
+            host.get(&format!("/v2/models/{name}/ready")).await.status(),
+            200
+        );
+
+        let text =
+            std::fs::read_to_string(repo().join(format!("models/extra/{name}/reference.json")))
+                .unwrap();
+        let reference: Value = serde_json::from_str(&text).unwrap();
+        for case in reference.as_array().unwrap() {
+            let inputs: Vec<Value> = case["inputs"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(n, t)| json!({"name": n, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]}))
+                .collect();
+            let resp = host
+                .client
+                .post(host.url(&format!("/v2/models/{name}/infer")))
+                .json(&json!({ "inputs": inputs }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{name}/{}", case["name"]);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["model_name"], name);
+            for out in body["outputs"].as_array().unwrap() {
+                let o = out["name"].as_str().unwrap();
+                common::assert_close(
+                    &format!("{name}/{}/{o}", case["name"]),
+                    out,
+                    &case["outputs"][o],
+                );
+            }
+        }
+    }
+}
+
+/// A one-node ONNX graph using an operator no runtime implements.
+fn unsupported_model(path: &Path) {
+    use prost::Message;
+    use tract_onnx::pb;
+    let value = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1, // FLOAT
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![pb::tensor_shape_proto::Dimension {
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
+                        ..Default::default()
+                    }],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "g".into(),
+            node: vec![pb::NodeProto {
+                name: "mystery".into(),
+                op_type: "FrobnicateTensor".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            input: vec![value("x")],
+            output: vec![value("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+#[test]
+fn a_model_tract_cannot_run_is_refused_at_add_time() {
+    let dir = app_like_repo().write();
+    let before = std::fs::read_to_string(dir.path().join("spin.toml")).unwrap();
+
+    let bad = dir.path().join("mystery.onnx");
+    unsupported_model(&bad);
+    let out = add(dir.path(), "mystery", &bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FrobnicateTensor"),
+        "names the operator: {err}"
+    );
+
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"definitely not protobuf").unwrap();
+    let out = add(dir.path(), "corrupt", &corrupt);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt.onnx"));
+
+    let out = add(dir.path(), "Bad_Name", &bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid model name"));
+
+    // Nothing was half-added.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("spin.toml")).unwrap(),
+        before
+    );
+    assert!(!dir.path().join("models").exists());
+}

@@ -54,9 +54,18 @@ pub struct TractOptions {
 }
 
 impl TractEngine {
-    /// Parses, optimizes and plans an ONNX model.
+    /// Parses, optimizes and plans an ONNX model. The graph's `value_info`
+    /// shape hints are ignored: tract infers shapes itself, and exporters'
+    /// hints can contradict it (MiniLM's fail at run time with a symbolic
+    /// sequence length).
     pub fn from_onnx(bytes: &[u8]) -> Result<Self, KitError> {
-        Self::from_onnx_with(bytes, TractOptions::default())
+        Self::from_onnx_with(
+            bytes,
+            TractOptions {
+                ignore_value_info: true,
+                ..TractOptions::default()
+            },
+        )
     }
 
     pub fn from_onnx_with(bytes: &[u8], options: TractOptions) -> Result<Self, KitError> {

@@ -262,18 +262,11 @@ fn check_same(native: &Value, sandboxed: &[u8], what: &str) -> Result<()> {
 /// An OIP request with deterministic pseudo-random inputs: floats in [0, 1),
 /// integers in [0, 100) (valid token ids and byte values alike).
 fn synthetic_request(specs: &[TensorSpec], shapes: &[String]) -> Result<Vec<u8>> {
-    let mut given = std::collections::HashMap::new();
-    for s in shapes {
-        let (name, dims) = s
-            .split_once('=')
-            .with_context(|| format!("--shape `{s}`: expected NAME=D,D,..."))?;
-        let dims: Vec<usize> = dims
-            .split(',')
-            .map(|d| d.trim().parse())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("--shape `{s}`: dims must be numbers"))?;
-        given.insert(name.to_string(), dims);
-    }
+    let mut given: std::collections::HashMap<String, Vec<usize>> =
+        kit::engine::parse_shapes(&shapes.join(";"))
+            .map_err(|e| anyhow::anyhow!("--shape: {e}"))?
+            .into_iter()
+            .collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move || {
         seed ^= seed << 13;

@@ -142,23 +142,13 @@ pub fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<(), KitError> {
 /// in the order of `inputs`.
 pub fn parse_input_shapes(inputs: &[TensorSpec], spec: &str) -> Result<Vec<Vec<usize>>, KitError> {
     let bad = |why: String| KitError::internal(format!("input shapes `{spec}`: {why}"));
-    let mut given = std::collections::HashMap::new();
-    for part in spec.split(';').filter(|p| !p.trim().is_empty()) {
-        let (name, dims) = part
-            .split_once('=')
-            .ok_or_else(|| bad(format!("`{part}` is not NAME=D,D,...")))?;
-        let dims = dims
-            .split(',')
-            .map(|d| d.trim().parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("`{part}`: {e}")))?;
-        given.insert(name.trim(), dims);
-    }
+    let mut given: std::collections::HashMap<String, Vec<usize>> =
+        parse_shapes(spec)?.into_iter().collect();
     let shapes = inputs
         .iter()
         .map(|input| {
             given
-                .remove(input.name.as_str())
+                .remove(&input.name)
                 .ok_or_else(|| bad(format!("no shape for input `{}`", input.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -166,6 +156,25 @@ pub fn parse_input_shapes(inputs: &[TensorSpec], spec: &str) -> Result<Vec<Vec<u
         Some(name) => Err(bad(format!("the model has no input `{name}`"))),
         None => Ok(shapes),
     }
+}
+
+/// Parses `name=d,d,...;name=...` into (name, shape) pairs, in the order given.
+pub fn parse_shapes(spec: &str) -> Result<Vec<(String, Vec<usize>)>, KitError> {
+    let bad = |why: String| KitError::internal(format!("input shapes `{spec}`: {why}"));
+    spec.split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (name, dims) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{part}` is not NAME=D,D,...")))?;
+            let dims = dims
+                .split(',')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("`{part}`: {e}")))?;
+            Ok((name.trim().to_string(), dims))
+        })
+        .collect()
 }
 
 /// An engine built on first use and kept for the life of the instance, in a

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use http_body_util::BodyExt;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Accessor, Component, Linker};
 use wasmtime::{AsContextMut, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiBody;
-use wasmtime_wasi_http::handler::{ExpirationError, Prepared, ProxyPre};
+use wasmtime_wasi_http::handler::{ExpirationError, Prepared, Proxy, ProxyPre};
 
 use crate::sandbox::{Capabilities, InstanceState, MemoryStats};
 
@@ -108,15 +108,7 @@ impl Runnable {
                 let proxy = this.pre.instantiate_async(&mut store).await?;
                 store
                     .run_concurrent(async |accessor| {
-                        let prepared = accessor.with(|mut s| {
-                            Prepared::new(
-                                s.as_context_mut(),
-                                &proxy,
-                                req,
-                                <InstanceState as wasmtime_wasi_http::WasiHttpView>::http,
-                                tx,
-                            )
-                        })?;
+                        let prepared = prepare(accessor, &proxy, req, tx)?;
                         // The deadline is enforced around the whole instance
                         // below (and by epochs inside guest code).
                         prepared.run(accessor, std::future::pending()).await?;
@@ -175,15 +167,7 @@ impl Runnable {
                 for req in requests {
                     let started = Instant::now();
                     let (tx, rx) = oneshot::channel();
-                    let prepared = accessor.with(|mut s| {
-                        Prepared::new(
-                            s.as_context_mut(),
-                            &proxy,
-                            req,
-                            <InstanceState as wasmtime_wasi_http::WasiHttpView>::http,
-                            tx,
-                        )
-                    })?;
+                    let prepared = prepare(accessor, &proxy, req, tx)?;
                     let (ran, response) =
                         futures::join!(prepared.run(accessor, std::future::pending()), async {
                             let response = rx.await??;
@@ -226,6 +210,24 @@ impl Runnable {
         }
         GuestFailure::Failed(format!("{e:#}"))
     }
+}
+
+/// `req` as a call ready to run in the instance behind `accessor`.
+fn prepare<'a>(
+    accessor: &Accessor<InstanceState>,
+    proxy: &'a Proxy,
+    req: Request,
+    tx: oneshot::Sender<wasmtime::Result<Response>>,
+) -> wasmtime::Result<Prepared<'a, InstanceState>> {
+    accessor.with(|mut s| {
+        Prepared::new(
+            s.as_context_mut(),
+            proxy,
+            req,
+            <InstanceState as wasmtime_wasi_http::WasiHttpView>::http,
+            tx,
+        )
+    })
 }
 
 /// A body from bytes already in memory.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use sha2::Digest as _;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
@@ -112,6 +113,12 @@ pub fn runtime_config_path(manifest_dir: &Path, given: Option<&Path>) -> (PathBu
 pub struct Loaded {
     pub id: String,
     pub digest: String,
+    /// For the meter: the model served (`EDGEINFER_MODEL_NAME`, else the
+    /// component id) and the sha256 of its `.onnx` file when it is mounted
+    /// rather than baked in (a baked model is covered by `digest`).
+    pub model: String,
+    pub model_digest: Option<String>,
+    pub rates: crate::billing::Rates,
     pub limits: Limits,
     pub scaling: Scaling,
     pub admission: Arc<Admission>,
@@ -262,6 +269,8 @@ impl App {
                 ms = started.elapsed().as_millis() as u64,
                 "component ready"
             );
+            let model_digest = model_digest(&caps.mounts)
+                .with_context(|| format!("component `{id}`: hashing its model"))?;
             let admission = previous
                 .and_then(|p| p.components.get(id))
                 .map(|l| l.admission.clone())
@@ -280,6 +289,13 @@ impl App {
                 Arc::new(Loaded {
                     id: id.clone(),
                     digest: compiled.digest,
+                    model: c
+                        .environment
+                        .get("EDGEINFER_MODEL_NAME")
+                        .cloned()
+                        .unwrap_or_else(|| id.clone()),
+                    model_digest,
+                    rates: plan.runtime.billing.rates(id),
                     limits,
                     scaling,
                     admission,
@@ -317,6 +333,27 @@ impl App {
             }
         }
     }
+}
+
+/// The sha256 of the first `.onnx` file at the top of a mounted directory.
+fn model_digest(mounts: &[(PathBuf, String)]) -> Result<Option<String>> {
+    for (dir, _) in mounts {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut models: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "onnx") && p.is_file())
+            .collect();
+        models.sort();
+        if let Some(m) = models.first() {
+            let mut file = std::fs::File::open(m)?;
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut file, &mut h)?;
+            return Ok(Some(hex::encode(h.finalize())));
+        }
+    }
+    Ok(None)
 }
 
 /// Aborts a task when dropped.

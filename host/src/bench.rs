@@ -206,7 +206,8 @@ async fn sandboxed(opts: &BenchOptions, model: &[u8], shapes: &str) -> Result<Ar
     let baked = work.path().join("baked.wasm");
     crate::bake::bake(&crate::bake::engine()?, &caps, &opts.component, &baked).await?;
 
-    let engine = new_engine(&PoolSettings::default())?;
+    // Fuel on, as `edgeinfer up` serves by default.
+    let engine = new_engine(&PoolSettings::default(), true)?;
     // Leaked on purpose: the clock must outlive every instance of this run.
     std::mem::forget(EpochClock::start(engine.clone()));
     let compiled = CompileCache::new(&engine, &opts.state_dir).load(&engine, &baked)?;

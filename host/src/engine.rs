@@ -55,8 +55,10 @@ impl Default for PoolSettings {
     }
 }
 
-pub fn new_engine(pool: &PoolSettings) -> Result<Engine> {
+/// The engine for serving; `fuel` turns on fuel counting for the meter.
+pub fn new_engine(pool: &PoolSettings, fuel: bool) -> Result<Engine> {
     let mut config = Config::new();
+    config.consume_fuel(fuel);
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.epoch_interruption(true);

@@ -42,6 +42,21 @@ pub enum GuestFailure {
     PoolExhausted(String),
 }
 
+/// What an instance used, sent when it is gone (for the meter).
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Fuel consumed; 0 when the engine does not count fuel.
+    pub fuel: u64,
+    /// Peak linear memory, from the `ResourceLimiter`.
+    pub max_memory_bytes: u64,
+    /// A failure after the response head was sent (the body was cut short).
+    pub failure: Option<GuestFailure>,
+}
+
+/// Fuel given to every store when the engine counts it; never runs out in
+/// practice (the deadline stops a runaway guest), so consumption is exact.
+const FUEL: u64 = i64::MAX as u64;
+
 /// Raised from the epoch callback once a request's deadline has passed.
 #[derive(Debug, thiserror::Error)]
 #[error("deadline exceeded")]
@@ -73,23 +88,23 @@ impl Runnable {
     /// Runs `req` in a fresh instance. The instance lives on in a task of its
     /// own until the guest has finished writing the response body.
     pub async fn handle(self: &Arc<Self>, req: Request) -> Result<Response, GuestFailure> {
-        self.handle_with(req, ()).await
+        self.handle_with(req, (), oneshot::channel().0).await
     }
 
     /// [`Self::handle`], holding `guard` (e.g. an admission permit) for as long
     /// as the instance lives: until its response body is done, it failed, or
-    /// its deadline passed.
+    /// its deadline passed. What the instance used goes to `usage` once it is gone.
     pub async fn handle_with<G: Send + 'static>(
         self: &Arc<Self>,
         req: Request,
         guard: G,
+        usage: oneshot::Sender<Usage>,
     ) -> Result<Response, GuestFailure> {
         let deadline = Instant::now() + self.timeout;
         let memory = Arc::new(MemoryStats::default());
-        let state = InstanceState::new(&self.caps, memory.clone())
+        let mut store = self
+            .new_store(memory.clone())
             .map_err(|e| GuestFailure::Failed(format!("preparing the instance: {e:#}")))?;
-        let mut store = Store::new(self.pre_engine(), state);
-        store.limiter(|s| s.limiter());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
@@ -118,33 +133,75 @@ impl Runnable {
                     })
                     .await?
             };
-            match tokio::time::timeout_at(deadline.into(), instance).await {
+            let result = match tokio::time::timeout_at(deadline.into(), instance).await {
                 Ok(result) => result,
                 Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
-            }
+            };
+            let fuel = store.get_fuel().map_or(0, |left| FUEL - left);
+            (result, fuel)
         });
+        let report = move |fuel: u64, failure: Option<GuestFailure>, memory: &MemoryStats| {
+            let _ = usage.send(Usage {
+                fuel,
+                max_memory_bytes: memory.peak.load(Ordering::Relaxed),
+                failure,
+            });
+        };
 
         let failure = match rx.await {
             Ok(Ok(response)) => {
                 let this = self.clone();
                 // Errors after the head is sent can only cut the body short.
                 tokio::spawn(async move {
-                    if let Ok(Err(e)) = run.await {
-                        let failure = this.classify(&e, &memory);
-                        tracing::warn!(error = %failure, "component failed while streaming its response");
-                    }
+                    let (fuel, failure) = match run.await {
+                        Ok((Err(e), fuel)) => {
+                            let failure = this.classify(&e, &memory);
+                            tracing::warn!(error = %failure, "component failed while streaming its response");
+                            (fuel, Some(failure))
+                        }
+                        Ok((Ok(()), fuel)) => (fuel, None),
+                        Err(join) => (
+                            0,
+                            Some(GuestFailure::Failed(format!(
+                                "the instance task failed: {join}"
+                            ))),
+                        ),
+                    };
+                    report(fuel, failure, &memory);
                 });
                 return Ok(response);
             }
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => {
+                // The instance is still finishing; its fuel is counted when it is gone.
+                let fuel = run.await.map_or(0, |(_, fuel)| fuel);
+                report(fuel, None, &memory);
+                e
+            }
             // The sender was dropped: the instance failed before answering.
-            Err(_) => match run.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => wasmtime::format_err!("the component returned without a response"),
-                Err(join) => wasmtime::format_err!("the instance task failed: {join}"),
-            },
+            Err(_) => {
+                let (e, fuel) = match run.await {
+                    Ok((Err(e), fuel)) => (e, fuel),
+                    Ok((Ok(()), fuel)) => (
+                        wasmtime::format_err!("the component returned without a response"),
+                        fuel,
+                    ),
+                    Err(join) => (wasmtime::format_err!("the instance task failed: {join}"), 0),
+                };
+                report(fuel, None, &memory);
+                e
+            }
         };
         Err(self.classify(&failure, &memory))
+    }
+
+    /// A store for one instance: memory cap, and fuel if the engine counts it.
+    fn new_store(&self, memory: Arc<MemoryStats>) -> anyhow::Result<Store<InstanceState>> {
+        let state = InstanceState::new(&self.caps, memory)?;
+        let mut store = Store::new(self.pre_engine(), state);
+        store.limiter(|s| s.limiter());
+        // Fails only when the engine does not count fuel (`[metering] fuel = false`).
+        let _ = store.set_fuel(FUEL);
+        Ok(store)
     }
 
     /// Runs `requests` one after another in ONE instance and times each
@@ -154,9 +211,7 @@ impl Runnable {
         &self,
         requests: impl IntoIterator<Item = Request>,
     ) -> anyhow::Result<Vec<(Duration, bytes::Bytes)>> {
-        let state = InstanceState::new(&self.caps, Arc::new(MemoryStats::default()))?;
-        let mut store = Store::new(self.pre_engine(), state);
-        store.limiter(|s| s.limiter());
+        let mut store = self.new_store(Arc::new(MemoryStats::default()))?;
         // No deadline: the epoch clock just yields.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let proxy = self.pre.instantiate_async(&mut store).await?;

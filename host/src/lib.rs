@@ -5,15 +5,20 @@
 //! (instance per request, deadlines) → `sandbox` (capabilities a guest may
 //! import) → `engine` (wasmtime engine, compile cache). `manifest`,
 //! `runtime_config` and `variables` read the app; `app` ties them together.
+//! `metering` records every call in the `ledger`; `tenants` checks API keys
+//! and quotas; `billing` prices calls and writes reports.
 
 pub mod admission;
 pub mod app;
 pub mod bake;
 pub mod bench;
+pub mod billing;
 pub mod build;
 pub mod engine;
 pub mod invoke;
+pub mod ledger;
 pub mod manifest;
+pub mod metering;
 pub mod metrics;
 pub mod models;
 pub mod outbound;
@@ -21,6 +26,7 @@ pub mod routes;
 pub mod runtime_config;
 pub mod sandbox;
 pub mod server;
+pub mod tenants;
 pub mod toml_file;
 pub mod up;
 pub mod variables;

@@ -62,6 +62,12 @@ pub enum RejectReason {
     QueueTimeout,
     /// The engine's instance pool (shared by all components) had no free slot: 503.
     PoolExhausted,
+    /// Missing, bad or revoked API key: 401.
+    Unauthorized,
+    /// The key may not call this component: 403.
+    Forbidden,
+    /// The tenant is over a quota (rate or spend): 429.
+    Quota,
 }
 
 impl RejectReason {
@@ -70,6 +76,9 @@ impl RejectReason {
             Self::QueueFull => "queue_full",
             Self::QueueTimeout => "queue_timeout",
             Self::PoolExhausted => "pool_exhausted",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Quota => "quota",
         }
     }
 }

@@ -15,10 +15,44 @@ use crate::toml_file::{ConfigError, Source};
 pub struct RuntimeConfig {
     #[serde(default)]
     pub component: BTreeMap<String, ComponentSettings>,
+    #[serde(default)]
+    pub metering: MeteringSettings,
+    #[serde(default)]
+    pub billing: crate::billing::BillingConfig,
     /// `max_concurrency` of the components that do not set it: their fair
     /// share of the pool (see [`Scaling`]). Worked out by [`RuntimeConfig::load`].
     #[serde(skip)]
     default_concurrency: u32,
+}
+
+/// `[metering]`: what the host records per call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringSettings {
+    /// Write a meter record per call to the ledger.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Count wasmtime fuel, a deterministic CPU measure. It makes guest code
+    /// slower (see the README's benchmark), so it can be turned off; then
+    /// records carry `fuel = 0`. Read at startup only.
+    #[serde(default = "yes")]
+    pub fuel: bool,
+    /// This host's name in records; defaults to the machine's host name.
+    pub node: Option<String>,
+}
+
+impl Default for MeteringSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fuel: true,
+            node: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Per-component settings; every key is optional.
@@ -173,6 +207,15 @@ impl RuntimeConfig {
                 return Err(src.error_for_key(
                     format!("{key}.engine"),
                     "the wasi-nn engine is not available in this build yet",
+                ));
+            }
+        }
+
+        for id in cfg.billing.component.keys() {
+            if !manifest.components.contains_key(id) {
+                return Err(src.error_for_key(
+                    format!("billing.component.{id}"),
+                    format!("spin.toml has no component `{id}`"),
                 ));
             }
         }

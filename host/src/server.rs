@@ -20,24 +20,28 @@ use uuid::Uuid;
 use crate::admission::Rejected;
 use crate::app::{App, Target};
 use crate::invoke::{GuestFailure, Response, full_body};
+use crate::ledger::Outcome;
+use crate::metering::{Call, Meter};
 use crate::metrics::{self, RejectReason};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What `Retry-After` says on 429 and 503, in seconds.
-const RETRY_AFTER_SECS: &str = "1";
+/// What `Retry-After` says on 429 and 503 for capacity, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
 
 /// Serving state; the app appears once its components are compiled.
 pub struct Server {
     app: RwLock<Option<Arc<App>>>,
     local_addr: SocketAddr,
+    meter: Arc<Meter>,
 }
 
 impl Server {
-    pub fn new(local_addr: SocketAddr) -> Arc<Self> {
+    pub fn new(local_addr: SocketAddr, meter: Arc<Meter>) -> Arc<Self> {
         Arc::new(Self {
             app: RwLock::new(None),
             local_addr,
+            meter,
         })
     }
 
@@ -109,9 +113,10 @@ impl Server {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let mut component = None;
-        let mut resp = self.dispatch(req, peer, &id, &mut component).await;
+        let mut call = None;
+        let mut resp = self.dispatch(req, peer, &id, started, &mut call).await;
         let took = started.elapsed();
+        let component = call.as_ref().map(|c: &Call| c.component.clone());
         let status = resp.status().as_u16();
         if let Some(c) = &component {
             let m = metrics::global();
@@ -139,7 +144,10 @@ impl Server {
             REQUEST_ID,
             HeaderValue::from_str(&id.to_string()).expect("uuid is a valid header"),
         );
-        resp
+        match call {
+            Some(call) => self.meter.wrap(call, resp),
+            None => resp,
+        }
     }
 
     async fn dispatch(
@@ -147,9 +155,13 @@ impl Server {
         req: http::Request<Incoming>,
         peer: SocketAddr,
         id: &Uuid,
-        component_id: &mut Option<String>,
+        started: Instant,
+        call_out: &mut Option<Call>,
     ) -> Response {
         let path = req.uri().path();
+        if path == "/v1/usage" {
+            return self.usage(&req, id).await;
+        }
         if req.method() == Method::GET {
             match path {
                 "/v2/health/live" => return json(StatusCode::OK, r#"{"live":true}"#),
@@ -184,7 +196,55 @@ impl Server {
             Target::Static(s) => return static_response(s),
             Target::Component(c) => app.components[c].clone(),
         };
-        *component_id = Some(component.id.clone());
+        let call = call_out.insert(Call::new(
+            *id,
+            started,
+            component.id.clone(),
+            matched.matched_route.to_string(),
+        ));
+        call.component_digest = component.digest.clone();
+        call.model = Some(component.model.clone());
+        call.model_digest = component.model_digest.clone();
+        call.rates = component.rates.clone();
+        // Host-side refusals cost the caller nothing; the guest never ran.
+        call.outcome = Some(Outcome::Rejected);
+
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self
+            .meter
+            .keys
+            .authorize(authorization, &component.id)
+            .and_then(|caller| {
+                if let Some(c) = &caller {
+                    self.meter.keys.admit(&c.tenant)?;
+                }
+                Ok(caller)
+            }) {
+            Ok(caller) => call.caller = caller,
+            Err(denied) => {
+                let reason = match denied.status() {
+                    401 => RejectReason::Unauthorized,
+                    403 => RejectReason::Forbidden,
+                    _ => RejectReason::Quota,
+                };
+                metrics::global().reject(&component.id, reason);
+                let status = StatusCode::from_u16(denied.status()).expect("valid status");
+                let mut r = error(status, &denied.to_string(), id);
+                if let Some(secs) = denied.retry_after_secs() {
+                    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+                }
+                if status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer"),
+                    );
+                }
+                return r;
+            }
+        }
 
         let (mut parts, body) = req.into_parts();
         let limit = component.limits.max_body_bytes;
@@ -268,6 +328,7 @@ impl Server {
             Err(_) => return error(StatusCode::BAD_REQUEST, "bad Host header", id),
         }
 
+        call.bytes_in = body.len() as u64;
         let req = http::Request::from_parts(parts, full_body(body));
 
         // Admission: a slot among `max_concurrency`, after a bounded FIFO wait.
@@ -305,13 +366,21 @@ impl Server {
                 );
             }
         };
+        let waited = queued.elapsed();
         m.queue_duration
             .get_or_create(&metrics::component(&component.id))
-            .observe(queued.elapsed().as_secs_f64());
+            .observe(waited.as_secs_f64());
+        call.queue_us = waited.as_micros() as u64;
+        // From here on the call runs, and is billed.
+        call.outcome = None;
 
         let runnable = match component.runnable().await {
-            Ok((r, _cold)) => r,
+            Ok((r, cold)) => {
+                call.cold_start = cold;
+                r
+            }
             Err(e) => {
+                call.outcome = Some(Outcome::Trap);
                 tracing::error!(request_id = %id, component = %component.id, error = format!("{e:#}"), "loading the component failed");
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -321,7 +390,15 @@ impl Server {
             }
         };
         // The instance holds the permit, and the app it came from, until it is gone.
-        match runnable.handle_with(req, (permit, app.clone())).await {
+        let (usage_tx, usage_rx) = futures::channel::oneshot::channel();
+        call.usage = Some(usage_rx);
+        let result = runnable
+            .handle_with(req, (permit, app.clone()), usage_tx)
+            .await;
+        if let Err(failure) = &result {
+            call.failed(failure);
+        }
+        match result {
             Ok(resp) => resp,
             Err(GuestFailure::PoolExhausted(why)) => {
                 m.reject(&component.id, RejectReason::PoolExhausted);
@@ -344,11 +421,81 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `GET /v1/usage?from=&to=`: the caller's own meter records and their
+    /// total, for the tenant that owns the key. Dates as in `billing report`.
+    async fn usage(&self, req: &http::Request<Incoming>, id: &Uuid) -> Response {
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let caller = match self.meter.keys.identify(authorization) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "usage is per tenant: create an API key first",
+                    id,
+                );
+            }
+            Err(denied) => return error(StatusCode::UNAUTHORIZED, &denied.to_string(), id),
+        };
+        let Some(ledger) = self.meter.ledger.clone() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metering is off on this host ([metering] enabled = false)",
+                id,
+            );
+        };
+        let mut query = crate::ledger::Query {
+            tenant: Some(caller.tenant.clone()),
+            ..Default::default()
+        };
+        let mut bounds = (String::new(), String::new());
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            let slot = match k.as_ref() {
+                "from" => (&mut query.from_us, &mut bounds.0),
+                "to" => (&mut query.to_us, &mut bounds.1),
+                _ => continue,
+            };
+            match crate::billing::parse_when(&v) {
+                Ok(us) => {
+                    *slot.0 = Some(us);
+                    *slot.1 = v.into_owned();
+                }
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{k}: {e}"), id),
+            }
+        }
+        let records = match tokio::task::spawn_blocking(move || ledger.records(&query)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("reading the ledger: {e:#}"),
+                    id,
+                );
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), id),
+        };
+        let report = crate::billing::report(&records, bounds.0, bounds.1);
+        let body = serde_json::json!({
+            "tenant": caller.tenant,
+            "from": report.from,
+            "to": report.to,
+            "currency": report.currency,
+            "total": report.total,
+            "line_items": report.line_items,
+            "records": records,
+        });
+        json(StatusCode::OK, body.to_string())
+    }
+}
+
 /// An error the client may retry: 429 or 503 with `Retry-After`.
 fn retry_later(status: StatusCode, message: &str, id: &Uuid) -> Response {
     let mut r = error(status, message, id);
     r.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     r
 }
 

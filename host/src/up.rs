@@ -12,6 +12,7 @@ use wasmtime::Engine;
 
 use crate::app::{App, Plan, runtime_config_path};
 use crate::engine::{EpochClock, new_engine};
+use crate::metering::Meter;
 use crate::server::Server;
 
 /// How often the files of the app are checked for changes.
@@ -25,7 +26,33 @@ pub struct UpOptions {
     pub listen: SocketAddr,
     pub runtime_config: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// The ledger and keys database; defaults to `edgeinfer.db` in the state dir.
+    pub db: Option<PathBuf>,
     pub build: bool,
+}
+
+/// The ledger and key ring of this host: `db`, else `edgeinfer.db` in the state dir.
+fn open_meter(plan: &Plan, state_dir: &Path, db: Option<&Path>) -> Result<Meter> {
+    let db = db.map_or_else(|| crate::ledger::default_path(state_dir), Path::to_path_buf);
+    let settings = &plan.runtime.metering;
+    let ledger: Option<Arc<dyn crate::ledger::Ledger>> = if settings.enabled {
+        Some(Arc::new(crate::ledger::SqliteLedger::open(&db)?))
+    } else {
+        None
+    };
+    let node = settings.node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    });
+    tracing::info!(db = %db.display(), metering = settings.enabled, fuel = settings.fuel, %node, "ledger");
+    Ok(Meter {
+        node,
+        ledger,
+        keys: crate::tenants::KeyRing::open(&db)?,
+    })
 }
 
 pub async fn build(manifest: &Path) -> Result<()> {
@@ -44,7 +71,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     }
 
     let pool = plan.pool_settings();
-    let engine = new_engine(&pool)?;
+    let engine = new_engine(&pool, plan.runtime.metering.fuel)?;
+    let meter = Arc::new(open_meter(&plan, &state_dir, opts.db.as_deref())?);
     let _epochs = EpochClock::start(engine.clone());
     let drain = plan
         .manifest
@@ -62,7 +90,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // Scripts and tests read this line to find an ephemeral port.
     eprintln!("edgeinfer: serving http://{local}");
 
-    let server = Server::new(local);
+    let server = Server::new(local, meter);
     let mut reloader = Reloader {
         server: server.clone(),
         engine: engine.clone(),
@@ -70,6 +98,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         runtime_config: opts.runtime_config.clone(),
         state_dir: state_dir.clone(),
         pool_memory_bytes: pool.max_memory_bytes,
+        fuel: plan.runtime.metering.fuel,
         watched: watch_list(&plan, opts.runtime_config.as_deref()),
     };
     // Changes made while the app loads are picked up by the first poll.
@@ -105,6 +134,8 @@ struct Reloader {
     state_dir: PathBuf,
     /// The pool was sized for this much memory per instance at start.
     pool_memory_bytes: u64,
+    /// Whether the engine counts fuel (fixed at start).
+    fuel: bool,
     watched: Vec<PathBuf>,
 }
 
@@ -196,6 +227,7 @@ impl Reloader {
         let (manifest, runtime_config) = (self.manifest.clone(), self.runtime_config.clone());
         let (engine, state_dir) = (self.engine.clone(), self.state_dir.clone());
         let pool_memory_bytes = self.pool_memory_bytes;
+        let fuel = self.fuel;
         let (app, watched) = tokio::task::spawn_blocking(move || {
             let plan = Plan::load(&manifest, runtime_config.as_deref())?;
             let needed = plan.pool_settings().max_memory_bytes;
@@ -206,6 +238,9 @@ impl Reloader {
                     needed >> 20,
                     pool_memory_bytes >> 20
                 );
+            }
+            if plan.runtime.metering.fuel != fuel {
+                tracing::warn!("[metering] fuel changed; it takes effect when edgeinfer restarts");
             }
             let watched = watch_list(&plan, runtime_config.as_deref());
             let app = App::load_after(plan, &engine, &state_dir, previous.as_deref())?;

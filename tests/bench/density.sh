@@ -15,21 +15,18 @@ root=$PWD
 N=${N:-1000}
 CALLS=${CALLS:-200}
 IDLE_MS=${IDLE_MS:-1000}
-log() { echo "density: $*" >&2; }
+BENCH=density
+source tests/bench/lib.sh
 
 rustup target add wasm32-wasip2 >&2
 command -v curl >/dev/null || { apt-get update >&2 && apt-get install -y curl >&2; }
 (cd functions && cargo build --release -p hello) >&2
 wasm=$root/target/wasm/wasm32-wasip2/release/hello.wasm
-if [[ -z "${EDGEINFER_BIN:-}" ]]; then
-  cargo build --release -p edgeinfer >&2
-  EDGEINFER_BIN=$root/target/release/edgeinfer
-fi
+need_edgeinfer
 
 tmp=$(mktemp -d)
 pid=""
-cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$tmp"; }
-trap cleanup EXIT
+trap 'stop_server; rm -rf "$tmp"' EXIT
 {
   printf 'spin_manifest_version = 2\n[application]\nname = "density"\n'
   for i in $(seq "$N"); do
@@ -39,15 +36,8 @@ trap cleanup EXIT
 for i in $(seq "$N"); do printf '[component.h%d]\nidle_unload_ms = %d\n' "$i" "$IDLE_MS"; done >"$tmp/edgeinfer.toml"
 
 started=$(date +%s.%N)
-(cd "$tmp" && exec "$EDGEINFER_BIN" up --from "$tmp/spin.toml" --listen 127.0.0.1:0 --state-dir "$tmp/state") \
-  >"$tmp/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 6000); do
-  url=$(grep -om1 'http://127\.0\.0\.1:[0-9]*' "$tmp/server.log" || true)
-  if [[ -n "$url" ]] && curl -fs -o /dev/null "$url/v2/health/ready"; then break; fi
-  kill -0 "$pid" 2>/dev/null || { log "edgeinfer exited:"; tail "$tmp/server.log" >&2; exit 1; }
-  sleep 0.1
-done
+serve() { cd "$tmp" && exec "$EDGEINFER_BIN" up --from "$tmp/spin.toml" --listen 127.0.0.1:0 --state-dir "$tmp/state"; }
+start_server "$tmp/server.log" /v2/health/ready serve
 ready_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status"; }
 loaded_count() { curl -fs "$url/metrics" | awk '/^edgeinfer_component_loaded\{/ { s += $2 } END { print s + 0 }'; }

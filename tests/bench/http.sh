@@ -9,6 +9,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source tests/bench/lib.sh
 json=0
 [[ "${1:-}" == --json ]] && json=1
 DURATION=${DURATION:-10}
@@ -16,14 +17,9 @@ ROUNDS=${ROUNDS:-2}
 WASMTIME_VERSION=48.0.8
 export PATH="$HOME/.cargo/bin:$PATH"   # where `cargo install` puts wasmtime
 
-log() { echo "bench: $*" >&2; }
-as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
-
 # --- Prerequisites. Everything noisy goes to stderr so --json stays parseable.
 rustup target add wasm32-wasip2 >&2
-for tool in wrk curl; do
-  command -v "$tool" >/dev/null || { as_root apt-get update >&2 && as_root apt-get install -y "$tool" >&2; }
-done
+need_load_tools
 if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
   cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked >&2
 fi
@@ -31,16 +27,12 @@ fi
 # --- Build guest and host (release: we are measuring the host, not debug checks).
 (cd functions && cargo build --release -p hello) >&2
 wasm=$PWD/target/wasm/wasm32-wasip2/release/hello.wasm
-if [[ -z "${EDGEINFER_BIN:-}" ]]; then
-  cargo build --release -p edgeinfer >&2
-  EDGEINFER_BIN=$PWD/target/release/edgeinfer
-fi
+need_edgeinfer
 
 # --- A throwaway app: every path goes to hello, so wrk can hit `/` on all servers.
 tmp=$(mktemp -d)
 pid=""
-cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$tmp"; }
-trap cleanup EXIT
+trap 'stop_server; rm -rf "$tmp"' EXIT
 mkdir "$tmp/state"
 cat >"$tmp/spin.toml" <<EOF
 spin_manifest_version = 2
@@ -66,31 +58,7 @@ run_wasmtime-fresh() { wasmtime_serve --max-instance-reuse-count 1; }
 declare -A ready=([edgeinfer]=/v2/health/ready [wasmtime-reuse]=/ [wasmtime-fresh]=/)
 servers=(edgeinfer wasmtime-reuse wasmtime-fresh)
 
-# Starts server $1, reads the address it bound from its startup line (no port
-# races with other listeners), and waits until it answers 200.
-start() {
-  "run_$1" >"$tmp/server.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 300); do
-    url=$(grep -om1 'http://127\.0\.0\.1:[0-9]*' "$tmp/server.log" || true)
-    if [[ -n "$url" ]] && curl -fs -o /dev/null "$url${ready[$1]}"; then return; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  log "$1 did not become ready:"; cat "$tmp/server.log" >&2; exit 1
-}
-stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
-
-# wrk's report -> "rps p50_ms p99_ms errors" (errors = socket errors + non-2xx/3xx).
-parse_wrk() {
-  awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
-                        if (v ~ /s$/) return v * 1000; return v * 60000 }   # "m"
-       $1 == "50%" { p50 = ms($2) }  $1 == "99%" { p99 = ms($2) }
-       /^Requests\/sec:/ { rps = $2 }
-       /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-       /Non-2xx or 3xx/ { err += $NF }
-       END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }'
-}
+start() { start_server "$tmp/server.log" "${ready[$1]}" "run_$1"; }
 
 # --- Alternate servers within each round so machine noise hits all of them alike.
 results=$tmp/results
@@ -100,15 +68,12 @@ for round in $(seq "$ROUNDS"); do
     wrk -t2 -c32 -d1s "$url/" >/dev/null   # warm-up: caches, JIT'd paths, pools
     log "round $round: $s at $url for ${DURATION}s"
     echo "$s $round $(wrk -t2 -c32 -d"${DURATION}"s --latency "$url/" | parse_wrk)" >>"$results"
-    stop
+    stop_server
   done
 done
 
 # --- Report: per-run rows, then median rps per server and edgeinfer's ratios.
-median() { awk -v s="$1" '$1 == s { print $3 }' "$results" | sort -n |
-  awk '{v[NR] = $1} END { printf "%.0f\n", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-m_e=$(median edgeinfer); m_r=$(median wasmtime-reuse); m_f=$(median wasmtime-fresh)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
+m_e=$(median "$results" edgeinfer 3); m_r=$(median "$results" wasmtime-reuse 3); m_f=$(median "$results" wasmtime-fresh 3)
 
 if ((json)); then
   awk -v d="$DURATION" -v r="$ROUNDS" -v me="$m_e" -v mr="$m_r" -v mf="$m_f" \

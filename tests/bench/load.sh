@@ -15,6 +15,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$PWD
+BENCH=load
+source tests/bench/lib.sh
 json=0
 [[ "${1:-}" == --json ]] && json=1
 DURATION=${DURATION:-30}
@@ -24,25 +26,16 @@ MAX_CONCURRENCY=${MAX_CONCURRENCY:-32}
 MAX_QUEUE=${MAX_QUEUE:-128}
 QUEUE_TIMEOUT_MS=${QUEUE_TIMEOUT_MS:-2000}
 
-log() { echo "load: $*" >&2; }
-as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
-
 # --- Prerequisites. Everything noisy goes to stderr so --json stays parseable.
 rustup target add wasm32-wasip2 >&2
-for tool in wrk curl; do
-  command -v "$tool" >/dev/null || { as_root apt-get update >&2 && as_root apt-get install -y "$tool" >&2; }
-done
-if [[ -z "${EDGEINFER_BIN:-}" ]]; then
-  cargo build --release -p edgeinfer >&2
-  EDGEINFER_BIN=$root/target/release/edgeinfer
-fi
+need_load_tools
+need_edgeinfer
 
 # --- A throwaway app serving digits as spin.toml does (built and baked by
 # `up --build`), with its capacity set in edgeinfer.toml.
 tmp=$(mktemp -d)
 pid=""
-cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$tmp"; }
-trap cleanup EXIT
+trap 'stop_server; rm -rf "$tmp"' EXIT
 cat >"$tmp/spin.toml" <<EOF
 spin_manifest_version = 2
 [application]
@@ -65,10 +58,8 @@ max_queue = $MAX_QUEUE
 queue_timeout_ms = $QUEUE_TIMEOUT_MS
 EOF
 # The README's 8x8 digit.
-cat >"$tmp/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"pixels":[0,0,7,16,14,3,0,0,0,0,9,14,11,15,0,0,0,0,1,5,0,15,5,0,0,0,0,0,0,16,5,0,0,0,0,0,3,16,4,0,0,0,0,1,12,14,1,0,0,0,5,12,16,16,14,1,0,0,8,16,14,10,13,3]}'
+digits_lua >"$tmp/post.lua"
+cat >>"$tmp/post.lua" <<'EOF'
 -- Count statuses apart: wrk itself only reports "Non-2xx or 3xx".
 counts = {}
 response = function(status, headers, body)
@@ -97,16 +88,8 @@ EOF
 log "building and baking digits (minutes on 2 cores the first time)"
 "$EDGEINFER_BIN" build --from "$tmp/spin.toml" >&2
 log "starting edgeinfer"
-(cd "$tmp" && exec "$EDGEINFER_BIN" up --from "$tmp/spin.toml" --listen 127.0.0.1:0 \
-  --state-dir "$root/.edgeinfer") >"$tmp/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 6000); do
-  url=$(grep -om1 'http://127\.0\.0\.1:[0-9]*' "$tmp/server.log" || true)
-  if [[ -n "$url" ]] && curl -fs -o /dev/null "$url/v2/health/ready"; then break; fi
-  kill -0 "$pid" 2>/dev/null || { log "edgeinfer exited:"; cat "$tmp/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs -o /dev/null "$url/v2/health/ready" || { log "not ready:"; cat "$tmp/server.log" >&2; exit 1; }
+serve() { cd "$tmp" && exec "$EDGEINFER_BIN" up --from "$tmp/spin.toml" --listen 127.0.0.1:0 --state-dir "$root/.edgeinfer"; }
+start_server "$tmp/server.log" /v2/health/ready serve
 curl -fs -X POST -H 'content-type: application/json' \
   -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$tmp/post.lua")" "$url/models/digits" >&2
 echo >&2

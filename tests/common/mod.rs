@@ -81,6 +81,8 @@ impl App {
             // Shared by all tests, so each component is compiled only once.
             .arg(shared_state_dir())
             .args(&self.args)
+            // Each app its own ledger and keys (the compile cache is shared).
+            .env("EDGEINFER_DB", dir.join("edgeinfer.db"))
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -178,6 +180,37 @@ impl Host {
 
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Runs the `edgeinfer` CLI on this host's database; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .env("EDGEINFER_DB", self.dir.path().join("edgeinfer.db"))
+            .output()
+            .expect("running edgeinfer");
+        assert!(
+            out.status.success(),
+            "edgeinfer {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Every meter record in this host's ledger (`billing events`), as JSON.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.cli(&["billing", "events", "--format", "jsonl"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+            .collect()
+    }
+
+    /// SIGKILLs the host (no drain, no cleanup) and hands back its app dir.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,0 +1,517 @@
+//! The durable per-call ledger: one meter record per call, written off the
+//! request path in group commits, each record durable before its response's
+//! last byte goes out (see [`crate::metering`]). The id is the primary key
+//! and inserts are idempotent, so a record replayed after a crash or by a
+//! retrying writer is still counted once.
+//!
+//! [`Ledger`] is what callers see; [`SqliteLedger`] is the one-node
+//! implementation (SQLite in WAL mode in the state dir). A fleet ledger
+//! (PostgreSQL) implements the same trait with `INSERT … ON CONFLICT DO
+//! NOTHING` and needs no change in its callers.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use futures::channel::oneshot;
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OptionalExtension, params};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// One call, as CONTRACTS.md lists the fields. Times are RFC 3339 (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeterRecord {
+    /// UUIDv7, the response's `x-request-id`.
+    pub id: String,
+    pub node: String,
+    pub tenant: Option<String>,
+    pub key_id: Option<String>,
+    pub component: String,
+    pub component_digest: String,
+    pub model: Option<String>,
+    pub model_digest: Option<String>,
+    pub route: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub wall_us: u64,
+    pub queue_us: u64,
+    pub billed_ms: u64,
+    pub fuel: u64,
+    pub nn_compute_us: u64,
+    pub nn_backend: Option<String>,
+    pub max_memory_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub cold_start: bool,
+    pub status: u16,
+    pub outcome: Outcome,
+    /// What the call costs under the pricing in force when it ran (0 when
+    /// rejected), exact to [`crate::billing::AMOUNT_SCALE`] places.
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Trap,
+    Timeout,
+    Oom,
+    Rejected,
+    ClientError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Trap => "trap",
+            Outcome::Timeout => "timeout",
+            Outcome::Oom => "oom",
+            Outcome::Rejected => "rejected",
+            Outcome::ClientError => "client_error",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "ok" => Outcome::Ok,
+            "trap" => Outcome::Trap,
+            "timeout" => Outcome::Timeout,
+            "oom" => Outcome::Oom,
+            "rejected" => Outcome::Rejected,
+            "client_error" => Outcome::ClientError,
+            other => anyhow::bail!("unknown outcome `{other}` in the ledger"),
+        })
+    }
+
+    pub fn billable(self) -> bool {
+        self != Outcome::Rejected
+    }
+}
+
+/// Which records to read: `started_at` in [from, to), optionally one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Unix microseconds.
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub tenant: Option<String>,
+}
+
+/// Where meter records go. `append` resolves once the record is durable.
+pub trait Ledger: Send + Sync {
+    fn append(&self, record: MeterRecord) -> BoxFuture<'static, Result<()>>;
+    /// Records matching `query`, oldest first. Blocking.
+    fn records(&self, query: &Query) -> Result<Vec<MeterRecord>>;
+}
+
+/// The default ledger file in a state dir.
+pub fn default_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("edgeinfer.db")
+}
+
+/// Opens (creating if needed) the database holding the ledger, tenants and keys.
+pub fn open(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // WAL: readers (reports, the key ring) never block the writer. FULL:
+    // a commit is on disk when it returns, so a record outlives a power cut,
+    // not only a killed process.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("preparing the schema in {}", path.display()))?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meter (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    tenant TEXT,
+    key_id TEXT,
+    component TEXT NOT NULL,
+    component_digest TEXT NOT NULL,
+    model TEXT,
+    model_digest TEXT,
+    route TEXT NOT NULL,
+    started_us INTEGER NOT NULL,
+    ended_us INTEGER NOT NULL,
+    wall_us INTEGER NOT NULL,
+    queue_us INTEGER NOT NULL,
+    billed_ms INTEGER NOT NULL,
+    fuel INTEGER NOT NULL,
+    nn_compute_us INTEGER NOT NULL,
+    nn_backend TEXT,
+    max_memory_bytes INTEGER NOT NULL,
+    bytes_in INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL,
+    cold_start INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    currency TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS meter_started ON meter(started_us);
+CREATE INDEX IF NOT EXISTS meter_tenant ON meter(tenant, started_us);
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    requests_per_minute INTEGER,
+    monthly_cap TEXT
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    components TEXT,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+";
+
+/// SQLite in WAL mode; one writer thread batches records into transactions.
+pub struct SqliteLedger {
+    path: PathBuf,
+    tx: mpsc::Sender<Pending>,
+}
+
+struct Pending {
+    record: MeterRecord,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Records per transaction at most; under load a batch fills while the
+/// previous commit syncs, so one fsync covers many calls.
+const MAX_BATCH: usize = 1024;
+
+impl SqliteLedger {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = open(path)?;
+        let (tx, rx) = mpsc::channel::<Pending>();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("ledger".into())
+            .spawn(move || write_loop(conn, rx, &shown))
+            .context("starting the ledger writer")?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tx,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Pending>, path: &str) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = insert_all(&mut conn, batch.iter().map(|p| &p.record));
+        if let Err(e) = &result {
+            tracing::error!(
+                ledger = path,
+                error = format!("{e:#}"),
+                records = batch.len(),
+                "ledger commit failed"
+            );
+        }
+        for p in batch {
+            let _ = p.done.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("ledger commit failed: {e:#}")),
+            });
+        }
+    }
+}
+
+/// Inserts in one transaction; a record already present is left as it is.
+pub fn insert_all<'a>(
+    conn: &mut Connection,
+    records: impl IntoIterator<Item = &'a MeterRecord>,
+) -> Result<()> {
+    let txn = conn.transaction()?;
+    {
+        let mut stmt = txn.prepare_cached(
+            "INSERT INTO meter (id, node, tenant, key_id, component, component_digest, model,
+                model_digest, route, started_us, ended_us, wall_us, queue_us, billed_ms, fuel,
+                nn_compute_us, nn_backend, max_memory_bytes, bytes_in, bytes_out, cold_start,
+                status, outcome, amount, currency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+             ON CONFLICT (id) DO NOTHING",
+        )?;
+        for r in records {
+            stmt.execute(params![
+                r.id,
+                r.node,
+                r.tenant,
+                r.key_id,
+                r.component,
+                r.component_digest,
+                r.model,
+                r.model_digest,
+                r.route,
+                micros(&r.started_at)?,
+                micros(&r.ended_at)?,
+                r.wall_us as i64,
+                r.queue_us as i64,
+                r.billed_ms as i64,
+                r.fuel as i64,
+                r.nn_compute_us as i64,
+                r.nn_backend,
+                r.max_memory_bytes as i64,
+                r.bytes_in as i64,
+                r.bytes_out as i64,
+                r.cold_start,
+                r.status,
+                r.outcome.as_str(),
+                r.amount.to_string(),
+                r.currency,
+            ])?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+impl Ledger for SqliteLedger {
+    fn append(&self, record: MeterRecord) -> BoxFuture<'static, Result<()>> {
+        let (done, wait) = oneshot::channel();
+        let sent = self.tx.send(Pending { record, done });
+        Box::pin(async move {
+            sent.map_err(|_| anyhow::anyhow!("the ledger writer has stopped"))?;
+            wait.await
+                .map_err(|_| anyhow::anyhow!("the ledger writer has stopped"))?
+        })
+    }
+
+    fn records(&self, query: &Query) -> Result<Vec<MeterRecord>> {
+        let conn = open(&self.path)?;
+        read_records(&conn, query)
+    }
+}
+
+/// Records matching `query` from an open ledger database, oldest first.
+pub fn read_records(conn: &Connection, query: &Query) -> Result<Vec<MeterRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, node, tenant, key_id, component, component_digest, model, model_digest,
+            route, started_us, ended_us, wall_us, queue_us, billed_ms, fuel, nn_compute_us,
+            nn_backend, max_memory_bytes, bytes_in, bytes_out, cold_start, status, outcome,
+            amount, currency
+         FROM meter
+         WHERE started_us >= ?1 AND started_us < ?2 AND (?3 IS NULL OR tenant = ?3)
+         ORDER BY started_us, id",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            query.from_us.unwrap_or(i64::MIN),
+            query.to_us.unwrap_or(i64::MAX),
+            query.tenant
+        ],
+        |row| {
+            Ok((
+                (
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, Option<String>>(7)?,
+                    row.get::<_, String>(8)?,
+                ),
+                (
+                    row.get::<_, i64>(9)?,
+                    row.get::<_, i64>(10)?,
+                    row.get::<_, i64>(11)?,
+                    row.get::<_, i64>(12)?,
+                    row.get::<_, i64>(13)?,
+                    row.get::<_, i64>(14)?,
+                    row.get::<_, i64>(15)?,
+                    row.get::<_, Option<String>>(16)?,
+                    row.get::<_, i64>(17)?,
+                    row.get::<_, i64>(18)?,
+                    row.get::<_, i64>(19)?,
+                ),
+                (
+                    row.get::<_, bool>(20)?,
+                    row.get::<_, u16>(21)?,
+                    row.get::<_, String>(22)?,
+                    row.get::<_, String>(23)?,
+                    row.get::<_, String>(24)?,
+                ),
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            (id, node, tenant, key_id, component, component_digest, model, model_digest, route),
+            (
+                started,
+                ended,
+                wall_us,
+                queue_us,
+                billed_ms,
+                fuel,
+                nn_compute_us,
+                nn_backend,
+                max_memory_bytes,
+                bytes_in,
+                bytes_out,
+            ),
+            (cold_start, status, outcome, amount, currency),
+        ) = row?;
+        let amount = amount
+            .parse()
+            .with_context(|| format!("amount `{amount}` of record {id}"))?;
+        out.push(MeterRecord {
+            id,
+            node,
+            tenant,
+            key_id,
+            component,
+            component_digest,
+            model,
+            model_digest,
+            route,
+            started_at: rfc3339(started),
+            ended_at: rfc3339(ended),
+            wall_us: wall_us as u64,
+            queue_us: queue_us as u64,
+            billed_ms: billed_ms as u64,
+            fuel: fuel as u64,
+            nn_compute_us: nn_compute_us as u64,
+            nn_backend,
+            max_memory_bytes: max_memory_bytes as u64,
+            bytes_in: bytes_in as u64,
+            bytes_out: bytes_out as u64,
+            cold_start,
+            status,
+            outcome: Outcome::parse(&outcome)?,
+            amount,
+            currency,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a record with this id is in the ledger.
+pub fn contains(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM meter WHERE id = ?1", [id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Unix microseconds as RFC 3339 with microseconds, UTC.
+pub fn rfc3339(us: i64) -> String {
+    match jiff::Timestamp::from_microsecond(us) {
+        Ok(t) => format!("{t:.6}"),
+        Err(_) => us.to_string(),
+    }
+}
+
+/// RFC 3339 back to Unix microseconds.
+pub fn micros(s: &str) -> Result<i64> {
+    let t: jiff::Timestamp = s.parse().with_context(|| format!("timestamp `{s}`"))?;
+    Ok(t.as_microsecond())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record(id: &str) -> MeterRecord {
+        MeterRecord {
+            id: id.into(),
+            node: "n1".into(),
+            tenant: Some("acme".into()),
+            key_id: Some("k1".into()),
+            component: "digits".into(),
+            component_digest: "abc".into(),
+            model: Some("digits".into()),
+            model_digest: None,
+            route: "/models/digits".into(),
+            started_at: rfc3339(1_700_000_000_000_000),
+            ended_at: rfc3339(1_700_000_000_001_500),
+            wall_us: 1500,
+            queue_us: 3,
+            billed_ms: 2,
+            fuel: 12345,
+            nn_compute_us: 0,
+            nn_backend: None,
+            max_memory_bytes: 1 << 20,
+            bytes_in: 10,
+            bytes_out: 20,
+            cold_start: false,
+            status: 200,
+            outcome: Outcome::Ok,
+            amount: "0.000000212".parse().unwrap(),
+            currency: "USD".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_insert_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let r = record("0190-a");
+        ledger.append(r.clone()).await.unwrap();
+        // The same record again, as a writer retrying after a crash would.
+        ledger.append(r.clone()).await.unwrap();
+        let mut changed = r.clone();
+        changed.fuel = 1;
+        ledger.append(changed).await.unwrap();
+        // And through a second connection, as another process would.
+        insert_all(&mut open(&path).unwrap(), [&r]).unwrap();
+        let all = ledger.records(&Query::default()).unwrap();
+        assert_eq!(all, vec![r], "one record, unchanged by the replays");
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        let mut a = record("a");
+        a.tenant = Some("a".into());
+        let mut b = record("b");
+        b.tenant = Some("b".into());
+        b.started_at = rfc3339(1_700_000_100_000_000);
+        futures::future::try_join(ledger.append(a.clone()), ledger.append(b.clone()))
+            .await
+            .unwrap();
+        let only_b = ledger
+            .records(&Query {
+                tenant: Some("b".into()),
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(only_b, vec![b.clone()]);
+        let before_b = ledger
+            .records(&Query {
+                to_us: Some(micros(&b.started_at).unwrap()),
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(before_b, vec![a]);
+    }
+}

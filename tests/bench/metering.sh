@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# What metering costs: throughput of hello and digits with metering off, with
+# fuel counting only, and with fuel plus the durable ledger (a record per call,
+# group-committed, durable before the response's last byte). Modes alternate
+# within each round so machine noise hits them alike.
+#
+# Usage: tests/bench/metering.sh [--json]
+# Env:   DURATION (s per wrk run, default 10), ROUNDS (default 3),
+#        CONNECTIONS (default 32), EDGEINFER_BIN (default target/release/edgeinfer).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+root=$PWD
+BENCH=metering
+source tests/bench/lib.sh
+json=0
+[[ "${1:-}" == --json ]] && json=1
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-32}
+
+rustup target add wasm32-wasip2 >&2
+need_load_tools
+need_edgeinfer
+
+tmp=$(mktemp -d)
+pid=""
+trap 'stop_server; rm -rf "$tmp"' EXIT
+cat >"$tmp/spin.toml" <<TOML
+spin_manifest_version = 2
+[application]
+name = "metering"
+[[trigger.http]]
+route = "/hello"
+component = "hello"
+[component.hello]
+source = "$root/target/wasm/wasm32-wasip2/release/hello.wasm"
+[component.hello.build]
+command = "cargo build --release -p hello"
+workdir = "$root/functions"
+[[trigger.http]]
+route = "/models/digits"
+component = "digits"
+[component.digits]
+source = "$root/target/baked/digits.wasm"
+[component.digits.build]
+command = "cargo build --release -p digits"
+workdir = "$root/functions"
+[component.digits.tool.edgeinfer]
+bake = "$root/target/wasm/wasm32-wasip2/release/digits.wasm"
+TOML
+digits_lua >"$tmp/digits.lua"
+log "building and baking"
+"$EDGEINFER_BIN" build --from "$tmp/spin.toml" >&2
+
+declare -A settings=(
+  [off]=$'[metering]\nenabled = false\nfuel = false'
+  [fuel]=$'[metering]\nenabled = false\nfuel = true'
+  [ledger]=$'[metering]\nenabled = true\nfuel = true'
+)
+modes=(off fuel ledger)
+results=$tmp/results
+for round in $(seq "$ROUNDS"); do
+  for mode in "${modes[@]}"; do
+    printf '%s\n' "${settings[$mode]}" >"$tmp/edgeinfer.toml"
+    rm -f "$tmp/ledger.db"*
+    start_server "$tmp/server.log" /v2/health/ready \
+      "$EDGEINFER_BIN" up --from "$tmp/spin.toml" --listen 127.0.0.1:0 \
+      --state-dir "$tmp/state" --db "$tmp/ledger.db"
+    for fn in hello digits; do
+      if [[ $fn == hello ]]; then args=("$url/hello"); else args=(-s "$tmp/digits.lua" "$url/models/digits"); fi
+      wrk -t2 -c"$CONNECTIONS" -d1s "${args[@]}" >/dev/null   # warm-up
+      log "round $round: $fn, metering $mode, ${DURATION}s"
+      echo "$fn-$mode $round $(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}"s --latency "${args[@]}" | parse_wrk)" >>"$results"
+    done
+    if [[ $mode == ledger ]]; then
+      records=$("$EDGEINFER_BIN" billing events --db "$tmp/ledger.db" --format jsonl | wc -l)
+      log "ledger holds $records records"
+    fi
+    stop_server
+  done
+done
+
+if ((json)); then
+  printf '{"benchmark":"metering","duration_s":%s,"rounds":%s,"connections":%s,"results":{' "$DURATION" "$ROUNDS" "$CONNECTIONS"
+  sep=""
+  for fn in hello digits; do
+    off=$(median "$results" "$fn-off" 3)
+    for mode in "${modes[@]}"; do
+      printf '%s"%s-%s":{"rps":%s,"p50_ms":%s,"p99_ms":%s,"rps_vs_off":%s}' "$sep" "$fn" "$mode" \
+        "$(median "$results" "$fn-$mode" 3)" "$(median "$results" "$fn-$mode" 4)" \
+        "$(median "$results" "$fn-$mode" 5)" "$(ratio "$(median "$results" "$fn-$mode" 3)" "$off")"
+      sep=","
+    done
+  done
+  printf '}}\n'
+else
+  printf '%-16s %5s %10s %10s %10s %7s\n' run round rps p50_ms p99_ms errors
+  while read -r s r rps p50 p99 err; do
+    printf '%-16s %5s %10s %10s %10s %7s\n' "$s" "$r" "$rps" "$p50" "$p99" "$err"
+  done <"$results"
+  echo
+  for fn in hello digits; do
+    off=$(median "$results" "$fn-off" 3)
+    for mode in "${modes[@]}"; do
+      rps=$(median "$results" "$fn-$mode" 3)
+      printf '%-7s %-7s median rps %9s  p50 %7s ms  p99 %7s ms  vs off %s\n' "$fn" "$mode" "$rps" \
+        "$(median "$results" "$fn-$mode" 4)" "$(median "$results" "$fn-$mode" 5)" "$(ratio "$rps" "$off")"
+    done
+  done
+fi

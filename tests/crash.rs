@@ -70,19 +70,8 @@ async fn every_received_response_has_exactly_one_record_across_kill_9() {
     }
 
     // The records, read by the CLI from the ledger the killed hosts wrote.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .args(["billing", "events", "--format", "jsonl"])
-        .env("EDGEINFER_DB", dir.path().join("edgeinfer.db"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+    for record in common::events(dir.path()) {
         *counts
             .entry(record["id"].as_str().unwrap().to_string())
             .or_default() += 1;

@@ -86,7 +86,7 @@ if ((json)); then
           printf "\"ratio\":{\"edgeinfer/wasmtime-reuse\":%s,\"edgeinfer/wasmtime-fresh\":%s}}\n", qr, qf }' "$results"
 else
   printf '%-16s %5s %10s %10s %10s %7s\n' server round rps p50_ms p99_ms errors
-  while read -r s r rps p50 p99 err; do
+  while read -r s r rps p50 p99 err _; do
     printf '%-16s %5s %10s %10s %10s %7s\n' "$s" "$r" "$rps" "$p50" "$p99" "$err"
   done <"$results"
   echo

@@ -38,16 +38,18 @@ start_server() {
 }
 stop_server() { [[ -n "${pid:-}" ]] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=""; }
 
-# wrk's --latency report -> "rps p50_ms p99_ms errors" (errors = socket
-# errors + non-2xx/3xx responses).
+# wrk's --latency report -> "rps p50_ms p99_ms errors socket_errors non2xx
+# n429 n5xx" (errors = socket errors + non-2xx/3xx responses; the last two
+# need a wrk script that prints "STATUS 429=N 5xx=N", as load.sh's does).
 parse_wrk() {
   awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
                         if (v ~ /s$/) return v * 1000; return v * 60000 }   # "m"
        $1 == "50%" { p50 = ms($2) }  $1 == "99%" { p99 = ms($2) }
        /^Requests\/sec:/ { rps = $2 }
-       /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-       /Non-2xx or 3xx/ { err += $NF }
-       END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }'
+       /Socket errors:/ { gsub(/,/, ""); sock += $4 + $6 + $8 + $10 }
+       /Non-2xx or 3xx/ { non2xx = $NF }
+       /^STATUS/ { split($2, a, "="); n429 = a[2]; split($3, b, "="); n5xx = b[2] }
+       END { printf "%.0f %.3f %.3f %d %d %d %d %d\n", rps, p50, p99, sock + non2xx, sock, non2xx, n429, n5xx }'
 }
 
 # Median of column $3 (1-based) over the rows of file $1 whose first field is $2.
@@ -65,4 +67,22 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"pixels":[0,0,7,16,14,3,0,0,0,0,9,14,11,15,0,0,0,0,1,5,0,15,5,0,0,0,0,0,0,16,5,0,0,0,0,0,3,16,4,0,0,0,0,1,12,14,1,0,0,0,5,12,16,16,14,1,0,0,8,16,14,10,13,3]}'
 LUA
+}
+
+# spin.toml lines for the digits function as the bundled app serves it
+# (built, then baked by `edgeinfer build`), at /models/digits.
+digits_component() {
+  local root=$1
+  cat <<TOML
+[[trigger.http]]
+route = "/models/digits"
+component = "digits"
+[component.digits]
+source = "$root/target/baked/digits.wasm"
+[component.digits.build]
+command = "cargo build --release -p digits"
+workdir = "$root/functions"
+[component.digits.tool.edgeinfer]
+bake = "$root/target/wasm/wasm32-wasip2/release/digits.wasm"
+TOML
 }

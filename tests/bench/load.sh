@@ -40,17 +40,8 @@ cat >"$tmp/spin.toml" <<EOF
 spin_manifest_version = 2
 [application]
 name = "load"
-[[trigger.http]]
-route = "/models/digits"
-component = "digits"
-[component.digits]
-source = "$root/target/baked/digits.wasm"
-[component.digits.build]
-command = "cargo build --release -p digits"
-workdir = "$root/functions"
-[component.digits.tool.edgeinfer]
-bake = "$root/target/wasm/wasm32-wasip2/release/digits.wasm"
 EOF
+digits_component "$root" >>"$tmp/spin.toml"
 cat >"$tmp/edgeinfer.toml" <<EOF
 [component.digits]
 max_concurrency = $MAX_CONCURRENCY
@@ -98,25 +89,14 @@ hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status"; }
 log "idle RSS $(rss_kb) KiB"
 rss_idle=$(rss_kb)
 
-# wrk's report -> "rps p50_ms p99_ms socket_errors non2xx n429 n5xx".
-parse_wrk() {
-  awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
-                        if (v ~ /s$/) return v * 1000; return v * 60000 }   # "m"
-       $1 == "50%" { p50 = ms($2) }  $1 == "99%" { p99 = ms($2) }
-       /^Requests\/sec:/ { rps = $2 }
-       /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-       /Non-2xx or 3xx/ { non2xx = $NF }
-       /^STATUS/ { split($2, a, "="); n429 = a[2]; split($3, b, "="); n5xx = b[2] }
-       END { printf "%.0f %.3f %.3f %d %d %d %d\n", rps, p50, p99, err, non2xx, n429, n5xx }'
-}
-
 wrk -t"$THREADS" -c16 -d2s -s "$tmp/post.lua" "$url/models/digits" >/dev/null   # warm-up
 results=$tmp/results
 for c in $CONCURRENCY; do
   t=$THREADS; ((c < t)) && t=$c
   log "concurrency $c for ${DURATION}s"
+  # parse_wrk: rps p50 p99 errors sockerr non2xx n429 n5xx; keep all but errors.
   line=$(wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s --latency -s "$tmp/post.lua" \
-    "$url/models/digits" | parse_wrk)
+    "$url/models/digits" | parse_wrk | awk '{ print $1, $2, $3, $5, $6, $7, $8 }')
   echo "$c $line $(rss_kb)" >>"$results"
 done
 metrics=$(curl -fs "$url/metrics")

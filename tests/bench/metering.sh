@@ -38,17 +38,8 @@ source = "$root/target/wasm/wasm32-wasip2/release/hello.wasm"
 [component.hello.build]
 command = "cargo build --release -p hello"
 workdir = "$root/functions"
-[[trigger.http]]
-route = "/models/digits"
-component = "digits"
-[component.digits]
-source = "$root/target/baked/digits.wasm"
-[component.digits.build]
-command = "cargo build --release -p digits"
-workdir = "$root/functions"
-[component.digits.tool.edgeinfer]
-bake = "$root/target/wasm/wasm32-wasip2/release/digits.wasm"
 TOML
+digits_component "$root" >>"$tmp/spin.toml"
 digits_lua >"$tmp/digits.lua"
 log "building and baking"
 "$EDGEINFER_BIN" build --from "$tmp/spin.toml" >&2
@@ -96,7 +87,7 @@ if ((json)); then
   printf '}}\n'
 else
   printf '%-16s %5s %10s %10s %10s %7s\n' run round rps p50_ms p99_ms errors
-  while read -r s r rps p50 p99 err; do
+  while read -r s r rps p50 p99 err _; do
     printf '%-16s %5s %10s %10s %10s %7s\n' "$s" "$r" "$rps" "$p50" "$p99" "$err"
   done <"$results"
   echo

@@ -148,6 +148,31 @@ impl App {
     }
 }
 
+/// Runs the `edgeinfer` CLI in `dir`, on the database of the app there;
+/// returns stdout and fails the test if the command fails.
+pub fn cli(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .current_dir(dir)
+        .args(args)
+        .env("EDGEINFER_DB", dir.join("edgeinfer.db"))
+        .output()
+        .expect("running edgeinfer");
+    assert!(
+        out.status.success(),
+        "edgeinfer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every meter record in the ledger of the app in `dir`, as JSON.
+pub fn events(dir: &Path) -> Vec<serde_json::Value> {
+    cli(dir, &["billing", "events", "--format", "jsonl"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .collect()
+}
+
 pub fn shared_state_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("edgeinfer-state")
 }
@@ -184,26 +209,12 @@ impl Host {
 
     /// Runs the `edgeinfer` CLI on this host's database; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-            .current_dir(self.dir.path())
-            .args(args)
-            .env("EDGEINFER_DB", self.dir.path().join("edgeinfer.db"))
-            .output()
-            .expect("running edgeinfer");
-        assert!(
-            out.status.success(),
-            "edgeinfer {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        cli(self.dir.path(), args)
     }
 
     /// Every meter record in this host's ledger (`billing events`), as JSON.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.cli(&["billing", "events", "--format", "jsonl"])
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
-            .collect()
+        events(self.dir.path())
     }
 
     /// SIGKILLs the host (no drain, no cleanup) and hands back its app dir.

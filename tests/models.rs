@@ -3,19 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::{App, Host, artifacts, error_body, manifest};
+use common::{
+    App, Host, artifacts, error_body, infer_matches_reference, manifest, read_json, repo,
+};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn read_json(rel: &str) -> Value {
-    let text = std::fs::read_to_string(repo().join(rel)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// Serves a bundled model function the way spin.toml does: baked by
 /// `edgeinfer up --build`, at `/models/NAME` and `/v2/models/NAME/...`.
@@ -43,41 +34,9 @@ bake = "{built}"
     .await
 }
 
-/// Sends one reference case's inputs to OIP `infer` and compares every output.
-async fn infer_matches_reference(host: &Host, model: &str, case: &Value) {
-    let inputs: Vec<Value> = case["inputs"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, t)| {
-            json!({"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]})
-        })
-        .collect();
-    let resp = host
-        .client
-        .post(host.url(&format!("/v2/models/{model}/infer")))
-        .json(&json!({ "inputs": inputs }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", case["name"]);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["model_name"], model);
-    for out in body["outputs"].as_array().unwrap() {
-        let name = out["name"].as_str().unwrap();
-        assert_close(
-            &format!("{}/{name}", case["name"]),
-            out,
-            &case["outputs"][name],
-        );
-    }
-}
-
 async fn digits() -> Host {
     bundled("digits", artifacts::DIGITS).await
 }
-
-use common::assert_close;
 
 #[tokio::test]
 async fn digits_matches_onnx_runtime_and_scores_on_the_heldout_split() {

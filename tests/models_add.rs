@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{App, artifacts, component, manifest};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Added by models/fetch.py's `extra` group, with references from models/reference.py.
 const EXTRA: [&str; 3] = ["ppocr-cls", "silero-vad", "squeezenet"];
@@ -91,35 +91,9 @@ async fn added_models_match_onnx_runtime_over_oip() {
             200
         );
 
-        let text =
-            std::fs::read_to_string(repo().join(format!("models/extra/{name}/reference.json")))
-                .unwrap();
-        let reference: Value = serde_json::from_str(&text).unwrap();
+        let reference = common::read_json(&format!("models/extra/{name}/reference.json"));
         for case in reference.as_array().unwrap() {
-            let inputs: Vec<Value> = case["inputs"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(n, t)| json!({"name": n, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]}))
-                .collect();
-            let resp = host
-                .client
-                .post(host.url(&format!("/v2/models/{name}/infer")))
-                .json(&json!({ "inputs": inputs }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200, "{name}/{}", case["name"]);
-            let body: Value = resp.json().await.unwrap();
-            assert_eq!(body["model_name"], name);
-            for out in body["outputs"].as_array().unwrap() {
-                let o = out["name"].as_str().unwrap();
-                common::assert_close(
-                    &format!("{name}/{}/{o}", case["name"]),
-                    out,
-                    &case["outputs"][o],
-                );
-            }
+            common::infer_matches_reference(&host, name, case).await;
         }
     }
 }

@@ -248,14 +248,20 @@ impl App {
     ) -> Result<Self> {
         let cache = CompileCache::new(engine, state_dir);
         let linker = Arc::new(sandbox::linker(engine)?);
+        // Host-owned models: loaded once here, shared by every instance.
+        let nn = Arc::new(crate::nn::load_models(
+            &plan.runtime.nn.models,
+            &plan.manifest.dir,
+        )?);
         let mut components = BTreeMap::new();
         let mut staged = Vec::new();
         for (id, c) in &plan.manifest.components {
             let limits = plan.runtime.settings(id).limits();
             let scaling = plan.runtime.scaling(id);
-            let caps = plan
+            let mut caps = plan
                 .capabilities(c, &limits, state_dir, &mut staged)
                 .with_context(|| format!("component `{id}`"))?;
+            caps.nn = nn.clone();
             let started = Instant::now();
             let compiled = cache
                 .load(engine, &c.source)
@@ -412,6 +418,7 @@ impl Plan {
             variables: Arc::new(variables),
             outbound: OutboundPolicy::new(allowed),
             max_memory_bytes: limits.max_memory_bytes,
+            nn: Arc::new(crate::nn::Registry::empty()),
         })
     }
 }

@@ -48,7 +48,7 @@ pub async fn bake(
         max_memory_bytes: 4 << 30,
         ..caps.clone()
     };
-    let state = InstanceState::new(&caps, Arc::new(MemoryStats::default()))?;
+    let state = InstanceState::new(&caps, Arc::new(MemoryStats::default()), Default::default())?;
     let mut store = Store::new(engine, state);
     store.limiter(|s| s.limiter());
     // Wizer copies the initialized memory out through the host; the default

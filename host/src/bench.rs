@@ -5,7 +5,9 @@
 //!   model, in one warm instance (tract inside the sandbox);
 //! - `cold`: the same request, each to a fresh instance (instantiation, first
 //!   touch of the copy-on-write image, and inference), as `up` serves it;
-//! - `wasi_nn`: not available until the host implements `wasi:nn`.
+//! - `wasi_nn`: the same request to the generic `oip-nn` function, one warm
+//!   instance, with the model run by the host through `wasi:nn` (native
+//!   tract, loaded once).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,14 +135,47 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         }
     }
 
+    // wasi:nn: the host runs the model; the function only converts tensors.
+    let nn_component = opts.component.with_file_name("oip_nn.wasm");
+    if !nn_component.exists() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p oip-nn` in functions/",
+            nn_component.display()
+        );
+    }
+    let backend = crate::nn::TractBackend::from_onnx(
+        &bytes,
+        &shapes.split(';').map(str::to_string).collect::<Vec<_>>(),
+    )?;
+    let model = crate::nn::Model {
+        name: NAME.into(),
+        backend: Box::new(backend),
+        target: crate::nn::Target::Cpu,
+    };
+    let caps = Capabilities {
+        environment: vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())],
+        mounts: Vec::new(),
+        variables: Default::default(),
+        outbound: OutboundPolicy::new(Vec::new()),
+        max_memory_bytes: 4 << 30,
+        nn: Arc::new(crate::nn::Registry::new(
+            [(NAME.to_string(), Arc::new(model))].into(),
+        )),
+    };
+    let nn_runnable = ready(opts, caps, &nn_component)?;
+    let timed = nn_runnable
+        .time_in_one_instance((0..n + 1).map(|_| request()))
+        .await?;
+    check_same(&reference, &timed[0].1, "through wasi:nn")?;
+    let wasi_nn: Vec<Duration> = timed[1..].iter().map(|(d, _)| *d).collect();
+
     let report = json!({
         "model": opts.model.display().to_string(),
         "iterations": n,
         "native_us": Summary::of(native),
         "wasm_us": Summary::of(wasm),
-        "wasi_nn_us": Value::Null,
+        "wasi_nn_us": Summary::of(wasi_nn),
         "cold_us": Summary::of(cold),
-        "notes": ["wasi_nn_us: the host does not implement wasi:nn yet"],
     });
     if opts.json {
         println!("{report}");
@@ -176,7 +211,6 @@ fn print_table(report: &Value) {
         let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
         println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
     }
-    println!("wasi-nn: not implemented by the host yet");
 }
 
 /// Bakes the generic function with the model and readies it on a pooling engine.
@@ -202,19 +236,25 @@ async fn sandboxed(opts: &BenchOptions, model: &[u8], shapes: &str) -> Result<Ar
         variables: Default::default(),
         outbound: OutboundPolicy::new(Vec::new()),
         max_memory_bytes: 4 << 30,
+        nn: Arc::new(crate::nn::Registry::empty()),
     };
     let baked = work.path().join("baked.wasm");
     crate::bake::bake(&crate::bake::engine()?, &caps, &opts.component, &baked).await?;
+    let runnable = ready(opts, caps, &baked)?;
+    // The model stays mounted for the run; remove the work dir at exit.
+    std::mem::forget(work);
+    Ok(runnable)
+}
 
-    // Fuel on, as `edgeinfer up` serves by default.
+/// `component` compiled (or mapped from the cache) and pre-instantiated on a
+/// pooling engine with fuel on, as `edgeinfer up` serves by default.
+fn ready(opts: &BenchOptions, caps: Capabilities, component: &Path) -> Result<Arc<Runnable>> {
     let engine = new_engine(&PoolSettings::default(), true)?;
     // Leaked on purpose: the clock must outlive every instance of this run.
     std::mem::forget(EpochClock::start(engine.clone()));
-    let compiled = CompileCache::new(&engine, &opts.state_dir).load(&engine, &baked)?;
+    let compiled = CompileCache::new(&engine, &opts.state_dir).load(&engine, component)?;
     let linker = sandbox::linker(&engine)?;
     let runnable = Runnable::new(&linker, &compiled.component, caps, Duration::from_secs(300))?;
-    // The model stays mounted for the run; remove the work dir at exit.
-    std::mem::forget(work);
     Ok(Arc::new(runnable))
 }
 

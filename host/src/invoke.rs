@@ -49,6 +49,8 @@ pub struct Usage {
     pub fuel: u64,
     /// Peak linear memory, from the `ResourceLimiter`.
     pub max_memory_bytes: u64,
+    /// Time spent in `wasi:nn` compute.
+    pub nn_compute_us: u64,
     /// A failure after the response head was sent (the body was cut short).
     pub failure: Option<GuestFailure>,
 }
@@ -102,8 +104,9 @@ impl Runnable {
     ) -> Result<Response, GuestFailure> {
         let deadline = Instant::now() + self.timeout;
         let memory = Arc::new(MemoryStats::default());
+        let nn_compute_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut store = self
-            .new_store(memory.clone())
+            .new_store(memory.clone(), nn_compute_us.clone())
             .map_err(|e| GuestFailure::Failed(format!("preparing the instance: {e:#}")))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -144,6 +147,7 @@ impl Runnable {
             let _ = usage.send(Usage {
                 fuel,
                 max_memory_bytes: memory.peak.load(Ordering::Relaxed),
+                nn_compute_us: nn_compute_us.load(Ordering::Relaxed),
                 failure,
             });
         };
@@ -195,8 +199,12 @@ impl Runnable {
     }
 
     /// A store for one instance: memory cap, and fuel if the engine counts it.
-    fn new_store(&self, memory: Arc<MemoryStats>) -> anyhow::Result<Store<InstanceState>> {
-        let state = InstanceState::new(&self.caps, memory)?;
+    fn new_store(
+        &self,
+        memory: Arc<MemoryStats>,
+        nn_compute_us: Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<Store<InstanceState>> {
+        let state = InstanceState::new(&self.caps, memory, nn_compute_us)?;
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| s.limiter());
         // Fails only when the engine does not count fuel (`[metering] fuel = false`).
@@ -211,7 +219,7 @@ impl Runnable {
         &self,
         requests: impl IntoIterator<Item = Request>,
     ) -> anyhow::Result<Vec<(Duration, bytes::Bytes)>> {
-        let mut store = self.new_store(Arc::new(MemoryStats::default()))?;
+        let mut store = self.new_store(Arc::new(MemoryStats::default()), Default::default())?;
         // No deadline: the epoch clock just yields.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let proxy = self.pre.instantiate_async(&mut store).await?;

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod metering;
 pub mod metrics;
 pub mod models;
+pub mod nn;
 pub mod outbound;
 pub mod routes;
 pub mod runtime_config;

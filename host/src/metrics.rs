@@ -131,7 +131,7 @@ pub struct Metrics {
     /// `edgeinfer_queue_duration_seconds{component}`: admission wait, admitted requests only.
     pub queue_duration: HistogramFamily<ComponentLabel>,
     /// `edgeinfer_inference_duration_seconds{model,backend}`: host-side (wasi-nn)
-    /// inference; registered, and empty until the host runs models itself.
+    /// inference, one sample per `compute`.
     pub inference_duration: HistogramFamily<ModelBackendLabels>,
     /// `edgeinfer_pending_requests{component}`: waiting in the admission queue.
     pub pending: Family<ComponentLabel, Gauge>,
@@ -149,6 +149,8 @@ pub struct Metrics {
     pub batch_size: HistogramFamily<ModelLabel>,
     /// `edgeinfer_reloads_total{result}`: hot reloads, `ok` or `failed`.
     pub reloads: Family<Vec<(String, String)>, Counter>,
+    /// `edgeinfer_nn_model_loads_total{model}`: host-owned models loaded.
+    pub nn_model_loads: Family<ModelLabel, Counter>,
 }
 
 impl Metrics {
@@ -230,6 +232,12 @@ impl Metrics {
         );
         let reloads = Family::<Vec<(String, String)>, Counter>::default();
         registry.register("reloads", "Hot reloads of the app", Listed(reloads.clone()));
+        let nn_model_loads = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "nn_model_loads",
+            "Host-owned (wasi-nn) models loaded",
+            Listed(nn_model_loads.clone()),
+        );
         Self {
             registry,
             requests,
@@ -244,6 +252,7 @@ impl Metrics {
             rejected,
             batch_size,
             reloads,
+            nn_model_loads,
         }
     }
 
@@ -262,6 +271,23 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    pub fn nn_model_loaded(&self, model: &str) {
+        self.nn_model_loads
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_inference(&self, model: &str, backend: &str, took: std::time::Duration) {
+        self.inference_duration
+            .get_or_create(&ModelBackendLabels {
+                model: model.to_string(),
+                backend: backend.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn record_reload(&self, ok: bool) {

@@ -19,10 +19,20 @@ pub struct RuntimeConfig {
     pub metering: MeteringSettings,
     #[serde(default)]
     pub billing: crate::billing::BillingConfig,
+    #[serde(default)]
+    pub nn: NnSettings,
     /// `max_concurrency` of the components that do not set it: their fair
     /// share of the pool (see [`Scaling`]). Worked out by [`RuntimeConfig::load`].
     #[serde(skip)]
     default_concurrency: u32,
+}
+
+/// `[nn]`: models the host owns, for `wasi:nn`'s `load-by-name`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NnSettings {
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::nn::NnModelConfig>,
 }
 
 /// `[metering]`: what the host records per call.
@@ -202,12 +212,6 @@ impl RuntimeConfig {
             ];
             if let Some((field, _, msg)) = checks.iter().find(|(_, bad, _)| *bad) {
                 return Err(src.error_for_key(format!("{key}.{field}"), *msg));
-            }
-            if settings.engine == Some(Engine::WasiNn) {
-                return Err(src.error_for_key(
-                    format!("{key}.engine"),
-                    "the wasi-nn engine is not available in this build yet",
-                ));
             }
         }
 

@@ -25,6 +25,8 @@ pub struct Capabilities {
     pub variables: Arc<BTreeMap<String, String>>,
     pub outbound: OutboundPolicy,
     pub max_memory_bytes: u64,
+    /// The app's host-owned models, for `wasi:nn`.
+    pub nn: Arc<crate::nn::Registry>,
 }
 
 /// Memory use of one instance, readable after the store is gone.
@@ -77,10 +79,16 @@ pub struct InstanceState {
     outbound: OutboundPolicy,
     variables: Arc<BTreeMap<String, String>>,
     limiter: Limiter,
+    nn: crate::nn::NnCtx,
 }
 
 impl InstanceState {
-    pub fn new(caps: &Capabilities, memory: Arc<MemoryStats>) -> Result<Self> {
+    /// `nn_compute_us` accumulates the instance's `wasi:nn` compute time.
+    pub fn new(
+        caps: &Capabilities,
+        memory: Arc<MemoryStats>,
+        nn_compute_us: Arc<AtomicU64>,
+    ) -> Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
         wasi.envs(&caps.environment);
@@ -96,6 +104,10 @@ impl InstanceState {
             limiter: Limiter {
                 cap: caps.max_memory_bytes,
                 stats: memory,
+            },
+            nn: crate::nn::NnCtx {
+                registry: caps.nn.clone(),
+                compute_us: nn_compute_us,
             },
         })
     }
@@ -180,5 +192,9 @@ pub fn linker(engine: &Engine) -> Result<Linker<InstanceState>> {
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     spin_vars::add_to_linker::<_, SpinVariables>(&mut linker, |s| s)?;
+    crate::nn::add_to_linker(&mut linker, |s| crate::nn::NnView {
+        ctx: &s.nn,
+        table: &mut s.table,
+    })?;
     Ok(linker)
 }

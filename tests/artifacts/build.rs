@@ -14,6 +14,8 @@ fn main() {
     println!("cargo:rerun-if-changed={}", functions.display());
     // Model functions embed their model files.
     println!("cargo:rerun-if-changed={}", root.join("models").display());
+    // The wasi:nn WIT the kit's guest bindings are generated from.
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -45,6 +47,7 @@ fn main() {
         ("FILETYPE", "filetype.wasm"),
         ("EMBED", "embed.wasm"),
         ("OIP", "oip.wasm"),
+        ("OIP_NN", "oip_nn.wasm"),
     ] {
         let path = out_dir.join(file);
         assert!(path.exists(), "missing guest artifact {}", path.display());

@@ -301,6 +301,48 @@ pub async fn error_body(resp: reqwest::Response) -> (u16, String) {
     )
 }
 
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A JSON file of the repository, e.g. `models/digits/reference.json`.
+pub fn read_json(rel: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join(rel)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Sends one reference case's inputs (models/*/reference.json, made with
+/// ONNX Runtime by models/reference.py) to OIP `infer` and compares every output.
+pub async fn infer_matches_reference(host: &Host, model: &str, case: &serde_json::Value) {
+    let inputs: Vec<serde_json::Value> = case["inputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, t)| {
+            serde_json::json!({"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]})
+        })
+        .collect();
+    let resp = host
+        .client
+        .post(host.url(&format!("/v2/models/{model}/infer")))
+        .json(&serde_json::json!({ "inputs": inputs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", case["name"]);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["model_name"], model);
+    for out in body["outputs"].as_array().unwrap() {
+        let name = out["name"].as_str().unwrap();
+        assert_close(
+            &format!("{model}/{}/{name}", case["name"]),
+            out,
+            &case["outputs"][name],
+        );
+    }
+}
+
 /// atol 1e-4 / rtol 1e-3, element by element, between OIP output tensors.
 pub fn assert_close(name: &str, got: &serde_json::Value, want: &serde_json::Value) {
     assert_eq!(got["shape"], want["shape"], "{name}: shape");

@@ -13,6 +13,10 @@ mod gather;
 mod tract;
 #[cfg(feature = "tract")]
 pub use self::tract::{TractEngine, TractOptions, linalg_tiers};
+#[cfg(feature = "wasi-nn")]
+mod nn;
+#[cfg(feature = "wasi-nn")]
+pub use self::nn::NnEngine;
 
 /// A model input or output as the model declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]

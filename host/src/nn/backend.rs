@@ -1,0 +1,132 @@
+//! What runs a model for `wasi:nn`, and the conversion between wasi-nn's
+//! tensors (dimensions, element type, little-endian bytes) and the kit's.
+
+use kit::engine::{Engine as _, TractEngine};
+use kit::tensor::{Tensor, TensorData};
+
+use super::NnError;
+use super::bindings::wasi::nn::tensor::TensorType;
+
+/// A wasi-nn tensor as the guest made it.
+#[derive(Debug, Clone)]
+pub struct NnTensor {
+    pub dimensions: Vec<u32>,
+    pub ty: TensorType,
+    pub data: Vec<u8>,
+}
+
+/// Runs one model. `run` is blocking; the host calls it off the async runtime.
+pub trait Backend: Send + Sync {
+    /// For metrics and the meter: `tract` or `onnxruntime`.
+    fn name(&self) -> &'static str;
+    fn run(&self, inputs: Vec<(String, NnTensor)>) -> Result<Vec<(String, NnTensor)>, NnError>;
+}
+
+/// tract, natively: the same engine the functions run inside the sandbox
+/// (`edgeinfer-kit`), planned once per model.
+pub struct TractBackend {
+    engine: TractEngine,
+}
+
+impl TractBackend {
+    /// Parses, optimises and plans the model; `shapes` (one per input, from
+    /// the config) are planned now, so the first call does no planning.
+    pub fn from_onnx(bytes: &[u8], shapes: &[String]) -> anyhow::Result<Self> {
+        let engine = TractEngine::from_onnx(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !shapes.is_empty() {
+            let spec = shapes.join(";");
+            let shapes = kit::engine::parse_input_shapes(engine.inputs(), &spec)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            engine.prepare(shapes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(Self { engine })
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&self, inputs: Vec<(String, NnTensor)>) -> Result<Vec<(String, NnTensor)>, NnError> {
+        let inputs = inputs
+            .into_iter()
+            .map(|(name, t)| to_kit(name, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = self.engine.run(inputs).map_err(|e| match e {
+            kit::KitError::BadRequest(m) => NnError::invalid(m),
+            other => NnError::runtime(other.message().to_string()),
+        })?;
+        Ok(outputs
+            .into_iter()
+            .map(|t| (t.name.clone(), from_kit(t)))
+            .collect())
+    }
+}
+
+fn le<const N: usize, T>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| f(c.try_into().expect("chunks_exact")))
+        .collect()
+}
+
+/// A wasi-nn tensor as a kit tensor. BF16 has no kit type and is widened to
+/// FP32 exactly; every other type maps one to one.
+pub fn to_kit(name: String, t: NnTensor) -> Result<Tensor, NnError> {
+    let width = match t.ty {
+        TensorType::Fp16 | TensorType::Bf16 => 2,
+        TensorType::Fp32 | TensorType::I32 => 4,
+        TensorType::Fp64 | TensorType::I64 => 8,
+        TensorType::U8 => 1,
+    };
+    let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| NnError::invalid(format!("input '{name}': dimensions overflow")))?;
+    if t.data.len() != elements.saturating_mul(width) {
+        return Err(NnError::invalid(format!(
+            "input '{name}': {:?} {:?} needs {} bytes, got {}",
+            t.ty,
+            t.dimensions,
+            elements.saturating_mul(width),
+            t.data.len()
+        )));
+    }
+    let data = match t.ty {
+        TensorType::Fp32 => TensorData::Fp32(le(&t.data, f32::from_le_bytes)),
+        TensorType::Fp64 => TensorData::Fp64(le(&t.data, f64::from_le_bytes)),
+        TensorType::Fp16 => TensorData::Fp16(le(&t.data, half::f16::from_le_bytes)),
+        TensorType::Bf16 => {
+            TensorData::Fp32(le(&t.data, |b| half::bf16::from_le_bytes(b).to_f32()))
+        }
+        TensorType::U8 => TensorData::Uint8(t.data),
+        TensorType::I32 => TensorData::Int32(le(&t.data, i32::from_le_bytes)),
+        TensorType::I64 => TensorData::Int64(le(&t.data, i64::from_le_bytes)),
+    };
+    Tensor::new(name, shape, data).map_err(|e| NnError::invalid(e.message().to_string()))
+}
+
+/// A kit tensor as a wasi-nn tensor. INT8 and BOOL have no wasi-nn type and
+/// travel as U8 (BOOL as 0/1; INT8 as its two's-complement byte).
+pub fn from_kit(t: Tensor) -> NnTensor {
+    fn bytes<T, const N: usize>(v: &[T], f: fn(&T) -> [u8; N]) -> Vec<u8> {
+        v.iter().flat_map(f).collect()
+    }
+    let dimensions = t.shape.iter().map(|&d| d as u32).collect();
+    let (ty, data) = match &t.data {
+        TensorData::Fp32(v) => (TensorType::Fp32, bytes(v, |x| x.to_le_bytes())),
+        TensorData::Fp64(v) => (TensorType::Fp64, bytes(v, |x| x.to_le_bytes())),
+        TensorData::Fp16(v) => (TensorType::Fp16, bytes(v, |x| x.to_le_bytes())),
+        TensorData::Int64(v) => (TensorType::I64, bytes(v, |x| x.to_le_bytes())),
+        TensorData::Int32(v) => (TensorType::I32, bytes(v, |x| x.to_le_bytes())),
+        TensorData::Int8(v) => (TensorType::U8, v.iter().map(|&x| x as u8).collect()),
+        TensorData::Uint8(v) => (TensorType::U8, v.clone()),
+        TensorData::Bool(v) => (TensorType::U8, v.iter().map(|&b| u8::from(b)).collect()),
+    };
+    NnTensor {
+        dimensions,
+        ty,
+        data,
+    }
+}

@@ -1,0 +1,81 @@
+//! `[nn.models.NAME]` in edgeinfer.toml: a model the host owns.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+use super::{Model, TractBackend};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NnModelConfig {
+    /// The .onnx file, relative to the manifest's directory.
+    pub path: std::path::PathBuf,
+    #[serde(default)]
+    pub backend: BackendKind,
+    #[serde(default)]
+    pub target: Target,
+    /// Input shapes to plan at load, `x=1,3,224,224` (one per input).
+    #[serde(default)]
+    pub shapes: Vec<String>,
+    #[serde(default = "one")]
+    pub max_batch_size: u32,
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    #[default]
+    Tract,
+    Onnxruntime,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl NnModelConfig {
+    /// Loads the model, or says exactly why not. A request this build cannot
+    /// meet (a GPU, ONNX Runtime, batching) is an error, never a fallback.
+    pub fn load(&self, name: &str, base_dir: &Path) -> Result<Model> {
+        if self.target == Target::Gpu {
+            bail!(
+                "target = \"gpu\" needs the onnxruntime backend with a CUDA execution provider; \
+                 this host has no GPU backend (build with `--features onnxruntime` and a CUDA \
+                 build of ONNX Runtime), so model `{name}` cannot run on a GPU here"
+            );
+        }
+        if self.backend == BackendKind::Onnxruntime {
+            bail!(
+                "backend = \"onnxruntime\" is not in this build of edgeinfer (the `onnxruntime` \
+                 cargo feature is not implemented yet); use backend = \"tract\""
+            );
+        }
+        if self.max_batch_size != 1 || self.max_queue_delay_us != 0 {
+            bail!(
+                "dynamic batching (max_batch_size > 1, max_queue_delay_us) is not implemented \
+                 yet; remove these keys or set max_batch_size = 1"
+            );
+        }
+        let path = base_dir.join(&self.path);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let backend = TractBackend::from_onnx(&bytes, &self.shapes)
+            .with_context(|| format!("loading {} with tract", path.display()))?;
+        Ok(Model {
+            name: name.to_string(),
+            backend: Box::new(backend),
+            target: self.target,
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! `wasi:nn` for guests (`wasi:nn@0.2.0-rc-2024-10-28`, the version
+//! wasmtime-wasi-nn 48 implements, so its guests run here too).
+//!
+//! Models are the host's: declared under `[nn.models.NAME]` in
+//! edgeinfer.toml, loaded once when the app loads, and shared by every
+//! instance of every component (`load-by-name`). `load` with bytes is cached
+//! by sha256. `compute` is async: it runs on the blocking pool, at most one
+//! per core at a time, never on the HTTP runtime's threads, and its time is
+//! counted for the meter. Bad shapes and types come back to the guest as
+//! `invalid-argument` errors, never as traps.
+//!
+//! wasmtime-wasi-nn's backend trait is synchronous and keyed by encoding, so
+//! the interface is implemented here with `bindgen!` instead.
+
+mod backend;
+mod config;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Result;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+pub use backend::{Backend, NnTensor, TractBackend};
+pub use config::{NnModelConfig, Target};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "ml",
+        path: "../wit/wasi-nn.wit",
+        with: {
+            "wasi:nn/graph.graph": super::Graph,
+            "wasi:nn/tensor.tensor": super::NnTensor,
+            "wasi:nn/inference.graph-execution-context": super::ExecutionContext,
+            "wasi:nn/errors.error": super::NnError,
+        },
+        imports: {
+            "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+            default: trappable,
+        },
+    });
+}
+
+use bindings::wasi::nn::errors::ErrorCode;
+use bindings::wasi::nn::graph::{ExecutionTarget, GraphEncoding};
+use bindings::wasi::nn::tensor::TensorType;
+
+/// A loaded model, shared by every instance that uses it.
+pub struct Model {
+    pub name: String,
+    pub backend: Box<dyn Backend>,
+    /// Where it runs, for the meter's rate (`per_nn_compute_ms.cpu|gpu`).
+    pub target: Target,
+}
+
+/// A guest's handle on a model.
+pub struct Graph(Arc<Model>);
+/// What `init-execution-context` returns: the model again (backends hold no
+/// per-context state; inputs come with `compute`).
+pub struct ExecutionContext(Arc<Model>);
+
+/// A wasi-nn error: a code and a message for the guest.
+#[derive(Debug)]
+pub struct NnError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl NnError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::InvalidArgument,
+            message: message.into(),
+        }
+    }
+
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::RuntimeError,
+            message: message.into(),
+        }
+    }
+}
+
+/// The host's models: the configured ones by name, and those loaded from
+/// bytes by sha256. One per app; shared by all its instances.
+pub struct Registry {
+    named: HashMap<String, Arc<Model>>,
+    by_digest: Mutex<HashMap<[u8; 32], Arc<Model>>>,
+    /// At most one `compute` per core at a time.
+    compute_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.named.keys().collect();
+        names.sort();
+        f.debug_struct("Registry").field("models", &names).finish()
+    }
+}
+
+impl Registry {
+    pub fn new(named: HashMap<String, Arc<Model>>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            named,
+            by_digest: Mutex::new(HashMap::new()),
+            compute_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::new(HashMap::new())
+    }
+
+    pub fn model_names(&self) -> impl Iterator<Item = &String> {
+        self.named.keys()
+    }
+}
+
+/// Per instance: the app's registry, and the compute time spent so far.
+pub struct NnCtx {
+    pub registry: Arc<Registry>,
+    pub compute_us: Arc<AtomicU64>,
+}
+
+pub struct NnView<'a> {
+    pub ctx: &'a NnCtx,
+    pub table: &'a mut ResourceTable,
+}
+
+struct HasNn;
+
+impl HasData for HasNn {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Grants `wasi:nn` to every component linked with `linker`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NnView<'_>,
+) -> Result<()> {
+    use bindings::wasi::nn as api;
+    api::graph::add_to_linker::<_, HasNn>(linker, view)?;
+    api::tensor::add_to_linker::<_, HasNn>(linker, view)?;
+    api::inference::add_to_linker::<_, HasNn>(linker, view)?;
+    api::errors::add_to_linker::<_, HasNn>(linker, view)?;
+    Ok(())
+}
+
+type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
+
+impl NnView<'_> {
+    fn fail<T>(&mut self, e: NnError) -> NnResult<T> {
+        tracing::debug!(code = ?e.code, message = %e.message, "wasi:nn error");
+        Ok(Err(self.table.push(e)?))
+    }
+}
+
+impl bindings::wasi::nn::graph::Host for NnView<'_> {
+    fn load(
+        &mut self,
+        builders: Vec<Vec<u8>>,
+        encoding: GraphEncoding,
+        target: ExecutionTarget,
+    ) -> NnResult<Resource<Graph>> {
+        if !matches!(encoding, GraphEncoding::Onnx | GraphEncoding::Autodetect) {
+            return self.fail(NnError {
+                code: ErrorCode::InvalidEncoding,
+                message: format!("this host runs ONNX models only, not {encoding:?}"),
+            });
+        }
+        if !matches!(target, ExecutionTarget::Cpu) {
+            return self.fail(NnError {
+                code: ErrorCode::UnsupportedOperation,
+                message: format!(
+                    "models loaded from bytes run on the CPU only; {target:?} needs a model \
+                     declared in edgeinfer.toml with target = \"gpu\""
+                ),
+            });
+        }
+        let [bytes] = builders.as_slice() else {
+            return self.fail(NnError::invalid(format!(
+                "an ONNX model is one buffer, got {}",
+                builders.len()
+            )));
+        };
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let cached = self
+            .ctx
+            .registry
+            .by_digest
+            .lock()
+            .expect("nn cache lock")
+            .get(&digest)
+            .cloned();
+        let model = match cached {
+            Some(m) => m,
+            None => match TractBackend::from_onnx(bytes, &[]) {
+                Ok(backend) => {
+                    let model = Arc::new(Model {
+                        name: format!("sha256:{}", hex::encode(digest)),
+                        backend: Box::new(backend),
+                        target: Target::Cpu,
+                    });
+                    crate::metrics::global().nn_model_loaded(&model.name);
+                    self.ctx
+                        .registry
+                        .by_digest
+                        .lock()
+                        .expect("nn cache lock")
+                        .entry(digest)
+                        .or_insert(model)
+                        .clone()
+                }
+                Err(e) => return self.fail(NnError::invalid(format!("{e:#}"))),
+            },
+        };
+        Ok(Ok(self.table.push(Graph(model))?))
+    }
+
+    fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
+        match self.ctx.registry.named.get(&name) {
+            Some(model) => Ok(Ok(self.table.push(Graph(model.clone()))?)),
+            None => {
+                let mut known: Vec<&String> = self.ctx.registry.named.keys().collect();
+                known.sort();
+                self.fail(NnError {
+                    code: ErrorCode::NotFound,
+                    message: format!(
+                        "no model named `{name}` on this host (edgeinfer.toml's [nn.models] has {known:?})"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+impl bindings::wasi::nn::graph::HostGraph for NnView<'_> {
+    fn init_execution_context(
+        &mut self,
+        graph: Resource<Graph>,
+    ) -> NnResult<Resource<ExecutionContext>> {
+        let model = self.table.get(&graph)?.0.clone();
+        Ok(Ok(self.table.push(ExecutionContext(model))?))
+    }
+
+    fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}
+
+impl bindings::wasi::nn::inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        context: Resource<ExecutionContext>,
+        inputs: Vec<(String, Resource<NnTensor>)>,
+    ) -> NnResult<Vec<(String, Resource<NnTensor>)>> {
+        let model = self.table.get(&context)?.0.clone();
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            tensors.push((name, self.table.delete(t)?));
+        }
+        let slots = self.ctx.registry.compute_slots.clone();
+        let permit = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| wasmtime::format_err!("the compute pool is closed"))?;
+        let started = Instant::now();
+        let run_model = model.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            run_model.backend.run(tensors)
+        })
+        .await
+        .map_err(|e| wasmtime::format_err!("the compute task failed: {e}"))?;
+        let took = started.elapsed();
+        self.ctx
+            .compute_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        crate::metrics::global().observe_inference(&model.name, model.backend.name(), took);
+        match result {
+            Ok(outputs) => {
+                let mut out = Vec::with_capacity(outputs.len());
+                for (name, t) in outputs {
+                    out.push((name, self.table.push(t)?));
+                }
+                Ok(Ok(out))
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn drop(&mut self, context: Resource<ExecutionContext>) -> wasmtime::Result<()> {
+        self.table.delete(context)?;
+        Ok(())
+    }
+}
+
+impl bindings::wasi::nn::tensor::HostTensor for NnView<'_> {
+    fn new(
+        &mut self,
+        dimensions: Vec<u32>,
+        ty: TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<NnTensor>> {
+        Ok(self.table.push(NnTensor {
+            dimensions,
+            ty,
+            data,
+        })?)
+    }
+
+    fn dimensions(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&t)?.dimensions.clone())
+    }
+
+    fn ty(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<TensorType> {
+        Ok(self.table.get(&t)?.ty)
+    }
+
+    fn data(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&t)?.data.clone())
+    }
+
+    fn drop(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<()> {
+        self.table.delete(t)?;
+        Ok(())
+    }
+}
+
+impl bindings::wasi::nn::errors::HostError for NnView<'_> {
+    fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
+        Ok(self.table.get(&e)?.code)
+    }
+
+    fn data(&mut self, e: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&e)?.message.clone())
+    }
+
+    fn drop(&mut self, e: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(e)?;
+        Ok(())
+    }
+}
+
+impl bindings::wasi::nn::errors::Host for NnView<'_> {}
+impl bindings::wasi::nn::tensor::Host for NnView<'_> {}
+impl bindings::wasi::nn::inference::Host for NnView<'_> {}
+
+/// Loads every `[nn.models.NAME]`, each once. An error names the model and why.
+pub fn load_models(
+    models: &std::collections::BTreeMap<String, NnModelConfig>,
+    base_dir: &std::path::Path,
+) -> Result<Registry> {
+    let mut named = HashMap::new();
+    for (name, cfg) in models {
+        let model = cfg
+            .load(name, base_dir)
+            .map_err(|e| anyhow::anyhow!("[nn.models.{name}]: {e:#}"))?;
+        crate::metrics::global().nn_model_loaded(name);
+        named.insert(name.clone(), Arc::new(model));
+    }
+    Ok(Registry::new(named))
+}

@@ -1,0 +1,191 @@
+//! `wasi:nn` in the host: models declared in edgeinfer.toml, loaded once and
+//! run natively for the generic `oip-nn` function, checked over HTTP against
+//! ONNX Runtime's outputs, for the bundled models and three added ones.
+
+mod common;
+
+use common::{App, Host, artifacts, infer_matches_reference, manifest, read_json, repo};
+use serde_json::{Value, json};
+
+/// (model name, model dir under models/, input shapes to plan at load)
+const MODELS: [(&str, &str, &str); 6] = [
+    ("digits", "digits", ""),
+    ("filetype", "filetype", ""),
+    ("all-minilm-l6-v2", "embed", ""),
+    ("squeezenet", "extra/squeezenet", ""),
+    ("ppocr-cls", "extra/ppocr-cls", "x=1,3,48,192"),
+    ("silero-vad", "extra/silero-vad", ""),
+];
+
+/// One `oip-nn` component per model, each model declared once in `[nn.models]`.
+fn app(models: &[(&str, &str, &str)], extra_config: &str) -> App {
+    let mut spin = String::new();
+    let mut config = String::new();
+    for (name, dir, shapes) in models {
+        let id = name.replace('-', "");
+        spin.push_str(&format!(
+            r#"
+[[trigger.http]]
+route = "/v2/models/{name}/..."
+component = "{id}"
+
+[component.{id}]
+source = "{}"
+environment = {{ EDGEINFER_MODEL_NAME = "{name}" }}
+"#,
+            artifacts::OIP_NN
+        ));
+        let path = repo().join("models").join(dir).join("model.onnx");
+        config.push_str(&format!(
+            "[nn.models.{name}]\npath = {:?}\n",
+            path.canonicalize().unwrap().display().to_string()
+        ));
+        if !shapes.is_empty() {
+            config.push_str(&format!("shapes = [{shapes:?}]\n"));
+        }
+    }
+    config.push_str(extra_config);
+    App::new(manifest(&spin)).runtime_config(config)
+}
+
+async fn metric(host: &Host, name: &str, labels: &str) -> f64 {
+    let text = host.get("/metrics").await.text().await.unwrap();
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn wasi_nn_matches_onnx_runtime_for_every_model() {
+    let host = app(&MODELS, "").start().await;
+    for (name, dir, _) in MODELS {
+        let reference = read_json(&format!("models/{dir}/reference.json"));
+        for case in reference.as_array().unwrap().iter().take(3) {
+            infer_matches_reference(&host, name, case).await;
+        }
+        let meta: Value = host
+            .get(&format!("/v2/models/{name}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
+        // Each model loaded once, at startup.
+        assert_eq!(
+            metric(
+                &host,
+                "edgeinfer_nn_model_loads_total",
+                &format!("model=\"{name}\"")
+            )
+            .await,
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_shared_model_serves_concurrent_instances() {
+    let host = app(&MODELS[..1], "").start().await;
+    let case = &read_json("models/digits/reference.json")[0];
+    let calls = (0..24).map(|_| infer_matches_reference(&host, "digits", case));
+    futures::future::join_all(calls).await;
+    assert_eq!(
+        metric(&host, "edgeinfer_nn_model_loads_total", "model=\"digits\"").await,
+        1.0,
+        "24 fresh instances, one model load"
+    );
+    assert!(
+        metric(
+            &host,
+            "edgeinfer_inference_duration_seconds_count",
+            "model=\"digits\",backend=\"tract\""
+        )
+        .await
+            >= 24.0
+    );
+    // The meter has the host's compute time for every call.
+    let events = host.events();
+    assert_eq!(events.len(), 24);
+    for e in &events {
+        assert!(e["nn_compute_us"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(e["nn_backend"], "tract");
+    }
+}
+
+/// A function's JSON error: (status, message).
+async fn guest_error(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("errors are JSON");
+    (
+        status,
+        body["error"]
+            .as_str()
+            .expect("an error message")
+            .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn wrong_shape_type_or_model_is_a_clear_4xx() {
+    let models = [("digits", "digits", ""), ("nope", "digits", "")];
+    // `nope` is a component whose graph the host does not have.
+    let mut app = app(&models[..1], "");
+    app.manifest.push_str(&format!(
+        r#"
+[[trigger.http]]
+route = "/v2/models/nope/..."
+component = "nope"
+
+[component.nope]
+source = "{}"
+environment = {{ EDGEINFER_MODEL_NAME = "nope" }}
+"#,
+        artifacts::OIP_NN
+    ));
+    let host = app.start().await;
+    let infer = |model: &str, input: Value| {
+        let (host, model) = (&host, model.to_string());
+        async move {
+            host.client
+                .post(host.url(&format!("/v2/models/{model}/infer")))
+                .json(&json!({ "inputs": [input] }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let pixels = |n: usize, datatype: &str| json!({"name": "pixels", "shape": [1, n], "datatype": datatype, "data": vec![1; n]});
+    let (status, msg) = guest_error(infer("digits", pixels(63, "FP32")).await).await;
+    assert_eq!(status, 400, "{msg}");
+    let (status, msg) = guest_error(infer("digits", pixels(64, "INT64")).await).await;
+    assert_eq!(status, 400, "{msg}");
+    let (status, msg) = guest_error(infer("nope", pixels(64, "FP32")).await).await;
+    assert_eq!(status, 404, "{msg}");
+    assert!(msg.contains("no model named `nope`"), "{msg}");
+    // And the host still serves.
+    infer_matches_reference(
+        &host,
+        "digits",
+        &read_json("models/digits/reference.json")[0],
+    )
+    .await;
+}
+
+#[test]
+fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
+    let digits = &MODELS[..1];
+    let err = app(digits, "target = \"gpu\"\n").start_err();
+    assert!(
+        err.contains("[nn.models.digits]") && err.contains("no GPU backend"),
+        "{err}"
+    );
+    let err = app(digits, "backend = \"onnxruntime\"\n").start_err();
+    assert!(err.contains("onnxruntime"), "{err}");
+    let err = app(digits, "max_batch_size = 8\n").start_err();
+    assert!(err.contains("batching"), "{err}");
+    let err = app(digits, "")
+        .runtime_config("[nn.models.x]\npath = \"missing.onnx\"\n")
+        .start_err();
+    assert!(err.contains("missing.onnx"), "{err}");
+}

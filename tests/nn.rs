@@ -182,10 +182,33 @@ fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
     );
     let err = app(digits, "backend = \"onnxruntime\"\n").start_err();
     assert!(err.contains("onnxruntime"), "{err}");
-    let err = app(digits, "max_batch_size = 8\n").start_err();
-    assert!(err.contains("batching"), "{err}");
+    let err = app(digits, "max_batch_size = 0\n").start_err();
+    assert!(err.contains("max_batch_size"), "{err}");
     let err = app(digits, "")
         .runtime_config("[nn.models.x]\npath = \"missing.onnx\"\n")
         .start_err();
     assert!(err.contains("missing.onnx"), "{err}");
+}
+
+#[tokio::test]
+async fn batched_calls_each_get_their_own_answer() {
+    let host = app(
+        &MODELS[..1],
+        "max_batch_size = 8\nmax_queue_delay_us = 5000\n",
+    )
+    .start()
+    .await;
+    let reference = read_json("models/digits/reference.json");
+    let cases = reference.as_array().unwrap();
+    // 32 calls at once, with different inputs, racing into the batcher.
+    let calls = (0..32).map(|i| infer_matches_reference(&host, "digits", &cases[i % cases.len()]));
+    futures::future::join_all(calls).await;
+    let sum = metric(&host, "edgeinfer_batch_size_sum", "model=\"digits\"").await;
+    let batches = metric(&host, "edgeinfer_batch_size_count", "model=\"digits\"").await;
+    assert_eq!(sum, 32.0, "every call went through the batcher once");
+    assert!(
+        batches < 32.0,
+        "some calls were batched together: {batches} batches"
+    );
+    println!("32 concurrent calls ran in {batches} batches");
 }

@@ -149,8 +149,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     )?;
     let model = crate::nn::Model {
         name: NAME.into(),
-        backend: Box::new(backend),
+        backend: Arc::new(backend),
         target: crate::nn::Target::Cpu,
+        batcher: None,
     };
     let caps = Capabilities {
         environment: vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())],

@@ -145,7 +145,8 @@ pub struct Metrics {
     pub cold_start_duration: HistogramFamily<ComponentLabel>,
     /// `edgeinfer_rejected_total{component,reason}`.
     pub rejected: Family<RejectLabels, Counter>,
-    /// `edgeinfer_batch_size{model}`: host-side batching; empty until wasi-nn.
+    /// `edgeinfer_batch_size{model}`: calls per wasi-nn batch (models with
+    /// `max_batch_size` > 1).
     pub batch_size: HistogramFamily<ModelLabel>,
     /// `edgeinfer_reloads_total{result}`: hot reloads, `ok` or `failed`.
     pub reloads: Family<Vec<(String, String)>, Counter>,
@@ -271,6 +272,14 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    pub fn observe_batch(&self, model: &str, size: usize) {
+        self.batch_size
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .observe(size as f64);
     }
 
     pub fn nn_model_loaded(&self, model: &str) {

@@ -19,15 +19,24 @@ pub struct NnModelConfig {
     /// Input shapes to plan at load, `x=1,3,224,224` (one per input).
     #[serde(default)]
     pub shapes: Vec<String>,
+    /// Calls run together at most; 1 turns batching off.
     #[serde(default = "one")]
     pub max_batch_size: u32,
-    #[serde(default)]
+    /// How long the first call of a batch waits for others.
+    #[serde(default = "default_delay")]
     pub max_queue_delay_us: u64,
 }
 
 fn one() -> u32 {
     1
 }
+
+fn default_delay() -> u64 {
+    500
+}
+
+const MAX_BATCH_CEILING: u32 = 1024;
+const MAX_DELAY_CEILING_US: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -62,20 +71,32 @@ impl NnModelConfig {
                  cargo feature is not implemented yet); use backend = \"tract\""
             );
         }
-        if self.max_batch_size != 1 || self.max_queue_delay_us != 0 {
-            bail!(
-                "dynamic batching (max_batch_size > 1, max_queue_delay_us) is not implemented \
-                 yet; remove these keys or set max_batch_size = 1"
-            );
+        if self.max_batch_size == 0 || self.max_batch_size > MAX_BATCH_CEILING {
+            bail!("max_batch_size must be between 1 (no batching) and {MAX_BATCH_CEILING}");
+        }
+        if self.max_queue_delay_us > MAX_DELAY_CEILING_US {
+            bail!("max_queue_delay_us must be at most {MAX_DELAY_CEILING_US} (1 s)");
         }
         let path = base_dir.join(&self.path);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let backend = TractBackend::from_onnx(&bytes, &self.shapes)
             .with_context(|| format!("loading {} with tract", path.display()))?;
+        let backend: std::sync::Arc<dyn super::Backend> = std::sync::Arc::new(backend);
+        let batcher = (self.max_batch_size > 1)
+            .then(|| {
+                super::batch::Batcher::start(
+                    name,
+                    backend.clone(),
+                    self.max_batch_size as usize,
+                    std::time::Duration::from_micros(self.max_queue_delay_us),
+                )
+            })
+            .transpose()?;
         Ok(Model {
             name: name.to_string(),
-            backend: Box::new(backend),
+            backend,
             target: self.target,
+            batcher,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! the interface is implemented here with `bindgen!` instead.
 
 mod backend;
+mod batch;
 mod config;
 
 use std::collections::HashMap;
@@ -51,9 +52,41 @@ use bindings::wasi::nn::tensor::TensorType;
 /// A loaded model, shared by every instance that uses it.
 pub struct Model {
     pub name: String,
-    pub backend: Box<dyn Backend>,
+    pub backend: Arc<dyn Backend>,
     /// Where it runs, for the meter's rate (`per_nn_compute_ms.cpu|gpu`).
     pub target: Target,
+    /// Set when `max_batch_size` > 1: concurrent calls are run together.
+    pub batcher: Option<batch::Batcher>,
+}
+
+impl Model {
+    /// Runs `inputs`; returns the outputs and the compute time to bill.
+    async fn compute(
+        &self,
+        inputs: Vec<(String, NnTensor)>,
+        slots: &Arc<tokio::sync::Semaphore>,
+    ) -> wasmtime::Result<(
+        Result<Vec<(String, NnTensor)>, NnError>,
+        std::time::Duration,
+    )> {
+        if let Some(batcher) = &self.batcher {
+            return Ok(batcher.compute(inputs).await);
+        }
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| wasmtime::format_err!("the compute pool is closed"))?;
+        let backend = self.backend.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            backend.run(inputs)
+        })
+        .await
+        .map_err(|e| wasmtime::format_err!("the compute task failed: {e}"))?;
+        Ok((result, started.elapsed()))
+    }
 }
 
 /// A guest's handle on a model.
@@ -203,8 +236,9 @@ impl bindings::wasi::nn::graph::Host for NnView<'_> {
                 Ok(backend) => {
                     let model = Arc::new(Model {
                         name: format!("sha256:{}", hex::encode(digest)),
-                        backend: Box::new(backend),
+                        backend: Arc::new(backend),
                         target: Target::Cpu,
+                        batcher: None,
                     });
                     crate::metrics::global().nn_model_loaded(&model.name);
                     self.ctx
@@ -265,20 +299,9 @@ impl bindings::wasi::nn::inference::HostGraphExecutionContext for NnView<'_> {
         for (name, t) in inputs {
             tensors.push((name, self.table.delete(t)?));
         }
-        let slots = self.ctx.registry.compute_slots.clone();
-        let permit = slots
-            .acquire_owned()
-            .await
-            .map_err(|_| wasmtime::format_err!("the compute pool is closed"))?;
-        let started = Instant::now();
-        let run_model = model.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            run_model.backend.run(tensors)
-        })
-        .await
-        .map_err(|e| wasmtime::format_err!("the compute task failed: {e}"))?;
-        let took = started.elapsed();
+        let (result, took) = model
+            .compute(tensors, &self.ctx.registry.compute_slots)
+            .await?;
         self.ctx
             .compute_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);

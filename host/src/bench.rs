@@ -33,6 +33,8 @@ pub struct BenchOptions {
     /// Concrete sizes for dynamic input dims, `NAME=D,D,...` (others are 1).
     pub shapes: Vec<String>,
     pub iterations: usize,
+    /// > 1: wasi-nn throughput with this many calls in flight, unbatched and batched.
+    pub concurrency: usize,
     /// The built generic function (`cargo build --release -p oip` in functions/).
     pub component: PathBuf,
     pub state_dir: PathBuf,
@@ -143,32 +145,63 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             nn_component.display()
         );
     }
-    let backend = crate::nn::TractBackend::from_onnx(
-        &bytes,
-        &shapes.split(';').map(str::to_string).collect::<Vec<_>>(),
-    )?;
-    let model = crate::nn::Model {
-        name: NAME.into(),
-        backend: Arc::new(backend),
-        target: crate::nn::Target::Cpu,
-        batcher: None,
+    let shape_list: Vec<String> = shapes.split(';').map(str::to_string).collect();
+    let nn_runnable = |max_batch: usize| -> Result<Arc<Runnable>> {
+        let backend = crate::nn::TractBackend::from_onnx(&bytes, &shape_list)?;
+        let config = crate::nn::NnModelConfig {
+            max_batch_size: max_batch as u32,
+            ..crate::nn::NnModelConfig::default()
+        };
+        let model = config.with_backend(NAME, Arc::new(backend))?;
+        let caps = Capabilities {
+            environment: vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())],
+            mounts: Vec::new(),
+            variables: Default::default(),
+            outbound: OutboundPolicy::new(Vec::new()),
+            max_memory_bytes: 4 << 30,
+            nn: Arc::new(crate::nn::Registry::new(
+                [(NAME.to_string(), Arc::new(model))].into(),
+            )),
+        };
+        ready(opts, caps, &nn_component)
     };
-    let caps = Capabilities {
-        environment: vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())],
-        mounts: Vec::new(),
-        variables: Default::default(),
-        outbound: OutboundPolicy::new(Vec::new()),
-        max_memory_bytes: 4 << 30,
-        nn: Arc::new(crate::nn::Registry::new(
-            [(NAME.to_string(), Arc::new(model))].into(),
-        )),
-    };
-    let nn_runnable = ready(opts, caps, &nn_component)?;
-    let timed = nn_runnable
+    let timed = nn_runnable(1)?
         .time_in_one_instance((0..n + 1).map(|_| request()))
         .await?;
     check_same(&reference, &timed[0].1, "through wasi:nn")?;
     let wasi_nn: Vec<Duration> = timed[1..].iter().map(|(d, _)| *d).collect();
+
+    // Throughput with `concurrency` calls in flight, each in a fresh instance.
+    let mut throughput = Value::Null;
+    if opts.concurrency > 1 {
+        let mut rps = serde_json::Map::new();
+        for (label, max_batch) in [("unbatched", 1), ("batched", opts.concurrency)] {
+            let runnable = nn_runnable(max_batch)?;
+            let started = Instant::now();
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let workers = (0..opts.concurrency).map(|_| {
+                let (runnable, next, request) = (runnable.clone(), next.clone(), &request);
+                async move {
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                        let response = runnable
+                            .handle(request())
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        http_body_util::BodyExt::collect(response.into_body())
+                            .await
+                            .map_err(|e| anyhow::anyhow!("reading the response: {e:?}"))?;
+                    }
+                    anyhow::Ok(())
+                }
+            });
+            futures::future::try_join_all(workers).await?;
+            rps.insert(
+                label.into(),
+                json!(n as f64 / started.elapsed().as_secs_f64()),
+            );
+        }
+        throughput = json!({ "concurrency": opts.concurrency, "calls_per_s": rps });
+    }
 
     let report = json!({
         "model": opts.model.display().to_string(),
@@ -177,6 +210,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "wasm_us": Summary::of(wasm),
         "wasi_nn_us": Summary::of(wasi_nn),
         "cold_us": Summary::of(cold),
+        "wasi_nn_throughput": throughput,
     });
     if opts.json {
         println!("{report}");
@@ -211,6 +245,17 @@ fn print_table(report: &Value) {
         let p50 = s["p50"].as_f64().unwrap_or(f64::NAN);
         let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
         println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
+    }
+    let t = &report["wasi_nn_throughput"];
+    if !t.is_null() {
+        let rps = |k: &str| t["calls_per_s"][k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "wasi-nn throughput at concurrency {}: unbatched {:.0}/s, batched {:.0}/s ({:.2}×)",
+            t["concurrency"],
+            rps("unbatched"),
+            rps("batched"),
+            rps("batched") / rps("unbatched")
+        );
     }
 }
 

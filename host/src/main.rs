@@ -91,6 +91,10 @@ enum Command {
         shapes: Vec<String>,
         #[arg(long, default_value_t = 200)]
         iterations: usize,
+        /// Also measure wasi-nn throughput with this many calls in flight,
+        /// with batching off and on (max_batch_size = N).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
         /// The generic function, built by `cargo build --release -p oip` in functions/.
         #[arg(long, default_value = "target/wasm/wasm32-wasip2/release/oip.wasm")]
         component: PathBuf,
@@ -286,6 +290,7 @@ fn main() -> std::process::ExitCode {
             input,
             shapes,
             iterations,
+            concurrency,
             component,
             state_dir,
         } => runtime.block_on(edgeinfer::bench::bench(&edgeinfer::bench::BenchOptions {
@@ -293,6 +298,7 @@ fn main() -> std::process::ExitCode {
             input,
             shapes,
             iterations,
+            concurrency,
             component,
             state_dir,
             json,

@@ -27,6 +27,19 @@ pub struct NnModelConfig {
     pub max_queue_delay_us: u64,
 }
 
+impl Default for NnModelConfig {
+    fn default() -> Self {
+        Self {
+            path: Default::default(),
+            backend: BackendKind::default(),
+            target: Target::default(),
+            shapes: Vec::new(),
+            max_batch_size: one(),
+            max_queue_delay_us: default_delay(),
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -81,7 +94,15 @@ impl NnModelConfig {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let backend = TractBackend::from_onnx(&bytes, &self.shapes)
             .with_context(|| format!("loading {} with tract", path.display()))?;
-        let backend: std::sync::Arc<dyn super::Backend> = std::sync::Arc::new(backend);
+        self.with_backend(name, std::sync::Arc::new(backend))
+    }
+
+    /// The model around a backend already loaded, batching as configured.
+    pub fn with_backend(
+        &self,
+        name: &str,
+        backend: std::sync::Arc<dyn super::Backend>,
+    ) -> Result<Model> {
         let batcher = (self.max_batch_size > 1)
             .then(|| {
                 super::batch::Batcher::start(

@@ -20,12 +20,13 @@ fn repo() -> PathBuf {
         .unwrap()
 }
 
-fn add(app_dir: &Path, name: &str, file: &Path) -> std::process::Output {
+fn add(app_dir: &Path, name: &str, file: &Path, engine: &str) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeinfer"));
-    cmd.args(["models", "add", name]).arg(file);
+    cmd.args(["models", "add", name, "--engine", engine])
+        .arg(file);
     // PP-OCR's classifier is planned per input shape: plan the one the
     // references use at build time.
-    if name == "ppocr-cls" {
+    if name.starts_with("ppocr-cls") {
         cmd.args(["--shape", "x=1,3,48,192"]);
     }
     cmd.arg("--from")
@@ -51,22 +52,33 @@ async fn added_models_match_onnx_runtime_over_oip() {
     let app = app_like_repo().arg("--build");
     let dir = app.write();
     link_repo(dir.path());
+    // Each model twice: tract in the sandbox, and run by the host (wasi:nn).
     for name in EXTRA {
-        let out = add(
-            dir.path(),
-            name,
-            &repo().join(format!("models/extra/{name}/model.onnx")),
-        );
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            dir.path()
-                .join(format!("models/{name}/model.onnx"))
-                .exists()
-        );
+        for (served, engine) in [
+            (name.to_string(), "tract"),
+            (format!("{name}-nn"), "wasi-nn"),
+        ] {
+            let out = add(
+                dir.path(),
+                &served,
+                &repo().join(format!("models/extra/{name}/model.onnx")),
+                engine,
+            );
+            assert!(
+                out.status.success(),
+                "{served}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                dir.path()
+                    .join(format!("models/{served}/model.onnx"))
+                    .exists()
+            );
+        }
+    }
+    let config = std::fs::read_to_string(dir.path().join("edgeinfer.toml")).unwrap();
+    for name in EXTRA {
+        assert!(config.contains(&format!("[component.{name}-nn]\nengine = \"wasi-nn\"")));
     }
     // spin.toml stays a plain Spin manifest that names the new components.
     let text = std::fs::read_to_string(dir.path().join("spin.toml")).unwrap();
@@ -91,9 +103,20 @@ async fn added_models_match_onnx_runtime_over_oip() {
             200
         );
 
+        // The wasi:nn twin says so, and the host ran its model.
+        let nn = format!("{name}-nn");
+        let meta: Value = host
+            .get(&format!("/v2/models/{nn}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
+
         let reference = common::read_json(&format!("models/extra/{name}/reference.json"));
         for case in reference.as_array().unwrap() {
             common::infer_matches_reference(&host, name, case).await;
+            common::infer_matches_reference(&host, &nn, case).await;
         }
     }
 }
@@ -149,7 +172,7 @@ fn a_model_tract_cannot_run_is_refused_at_add_time() {
 
     let bad = dir.path().join("mystery.onnx");
     unsupported_model(&bad);
-    let out = add(dir.path(), "mystery", &bad);
+    let out = add(dir.path(), "mystery", &bad, "tract");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -159,11 +182,11 @@ fn a_model_tract_cannot_run_is_refused_at_add_time() {
 
     let corrupt = dir.path().join("corrupt.onnx");
     std::fs::write(&corrupt, b"definitely not protobuf").unwrap();
-    let out = add(dir.path(), "corrupt", &corrupt);
+    let out = add(dir.path(), "corrupt", &corrupt, "tract");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt.onnx"));
 
-    let out = add(dir.path(), "Bad_Name", &bad);
+    let out = add(dir.path(), "Bad_Name", &bad, "wasi-nn");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid model name"));
 

@@ -72,6 +72,25 @@ impl Plan {
         Ok(dir)
     }
 
+    /// Whether edgeinfer.toml has `component` run with `engine = "wasi-nn"`.
+    pub fn serves_wasi_nn(&self, component: &str) -> bool {
+        self.runtime.settings(component).engine == Some(crate::runtime_config::Engine::WasiNn)
+    }
+
+    /// The file served for a component: its `source`, or with
+    /// `engine = "wasi-nn"` its wasi:nn build (`tool.edgeinfer.wasi_nn`).
+    pub fn served_source(&self, id: &str, c: &Component) -> Result<PathBuf> {
+        if !self.serves_wasi_nn(id) {
+            return Ok(c.source.clone());
+        }
+        c.wasi_nn.clone().with_context(|| {
+            format!(
+                "component `{id}` has engine = \"wasi-nn\" in edgeinfer.toml, but spin.toml \
+                 gives it no wasi:nn build ([component.{id}.tool.edgeinfer] wasi_nn = \"…\")"
+            )
+        })
+    }
+
     /// The pool must fit the largest per-instance memory any component may use.
     pub fn pool_settings(&self) -> PoolSettings {
         let max_memory_bytes = self
@@ -248,34 +267,64 @@ impl App {
     ) -> Result<Self> {
         let cache = CompileCache::new(engine, state_dir);
         let linker = Arc::new(sandbox::linker(engine)?);
-        // Host-owned models: loaded once here, shared by every instance.
-        let nn = Arc::new(crate::nn::load_models(
-            &plan.runtime.nn.models,
-            &plan.manifest.dir,
-        )?);
-        let mut components = BTreeMap::new();
         let mut staged = Vec::new();
+        let mut prepared = Vec::new();
+        // Host-owned models: those of [nn.models], plus the model of every
+        // component that runs with `engine = "wasi-nn"`.
+        let mut nn_models = plan.runtime.nn.models.clone();
         for (id, c) in &plan.manifest.components {
-            let limits = plan.runtime.settings(id).limits();
-            let scaling = plan.runtime.scaling(id);
-            let mut caps = plan
+            let settings = plan.runtime.settings(id);
+            let limits = settings.limits();
+            let caps = plan
                 .capabilities(c, &limits, state_dir, &mut staged)
                 .with_context(|| format!("component `{id}`"))?;
+            let model = c
+                .environment
+                .get("EDGEINFER_MODEL_NAME")
+                .cloned()
+                .unwrap_or_else(|| id.clone());
+            let model_file = model_file(&caps.mounts);
+            if plan.serves_wasi_nn(id)
+                && let (Some(file), false) = (&model_file, nn_models.contains_key(&model))
+            {
+                nn_models.insert(
+                    model.clone(),
+                    crate::nn::NnModelConfig {
+                        path: file.clone(),
+                        shapes: c
+                            .environment
+                            .get("EDGEINFER_INPUT_SHAPES")
+                            .map(|s| s.split(';').map(str::to_string).collect())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    },
+                );
+            }
+            let source = plan.served_source(id, c)?;
+            prepared.push((id, limits, caps, model, model_file, source));
+        }
+        // Loaded once here, shared by every instance.
+        let nn = Arc::new(crate::nn::load_models(&nn_models, &plan.manifest.dir)?);
+        let mut components = BTreeMap::new();
+        for (id, limits, mut caps, model, model_file, source) in prepared {
+            let scaling = plan.runtime.scaling(id);
             caps.nn = nn.clone();
             let started = Instant::now();
             let compiled = cache
-                .load(engine, &c.source)
+                .load(engine, &source)
                 .with_context(|| format!("component `{id}`"))?;
             let runnable =
                 Runnable::new(&linker, &compiled.component, caps.clone(), limits.timeout)
-                    .with_context(|| format!("component `{id}` ({})", c.source.display()))?;
+                    .with_context(|| format!("component `{id}` ({})", source.display()))?;
             tracing::info!(
                 component = %id,
                 cached = compiled.cached,
                 ms = started.elapsed().as_millis() as u64,
                 "component ready"
             );
-            let model_digest = model_digest(&caps.mounts)
+            let model_digest = model_file
+                .map(|f| sha256_file(&f))
+                .transpose()
                 .with_context(|| format!("component `{id}`: hashing its model"))?;
             let admission = previous
                 .and_then(|p| p.components.get(id))
@@ -287,7 +336,7 @@ impl App {
                 cache: cache.clone(),
                 linker: linker.clone(),
                 caps,
-                source: c.source.clone(),
+                source,
                 timeout: limits.timeout,
             });
             components.insert(
@@ -295,11 +344,7 @@ impl App {
                 Arc::new(Loaded {
                     id: id.clone(),
                     digest: compiled.digest,
-                    model: c
-                        .environment
-                        .get("EDGEINFER_MODEL_NAME")
-                        .cloned()
-                        .unwrap_or_else(|| id.clone()),
+                    model,
                     model_digest,
                     rates: plan.runtime.billing.rates(id),
                     limits,
@@ -341,25 +386,25 @@ impl App {
     }
 }
 
-/// The sha256 of the first `.onnx` file at the top of a mounted directory.
-fn model_digest(mounts: &[(PathBuf, String)]) -> Result<Option<String>> {
-    for (dir, _) in mounts {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut models: Vec<PathBuf> = entries
+/// The first `.onnx` file at the top of a mounted directory: the model a
+/// generic function serves.
+fn model_file(mounts: &[(PathBuf, String)]) -> Option<PathBuf> {
+    mounts.iter().find_map(|(dir, _)| {
+        let mut models: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "onnx") && p.is_file())
             .collect();
         models.sort();
-        if let Some(m) = models.first() {
-            let mut file = std::fs::File::open(m)?;
-            let mut h = sha2::Sha256::new();
-            std::io::copy(&mut file, &mut h)?;
-            return Ok(Some(hex::encode(h.finalize())));
-        }
-    }
-    Ok(None)
+        models.into_iter().next()
+    })
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut h)?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Aborts a task when dropped.

@@ -34,6 +34,10 @@ pub async fn build_all(plan: &Plan, state_dir: &Path) -> Result<()> {
     let mut engine = None;
     for (id, c) in &manifest.components {
         let Some(input) = &c.bake_from else { continue };
+        // Served as its wasi:nn build, which carries no model to bake.
+        if plan.serves_wasi_nn(id) {
+            continue;
+        }
         let engine = match &mut engine {
             Some(e) => e,
             None => engine.insert(crate::bake::engine()?),
@@ -57,10 +61,11 @@ pub async fn build_all(plan: &Plan, state_dir: &Path) -> Result<()> {
     }
 
     for (id, c) in &manifest.components {
-        if c.build.is_some() && !c.source.exists() {
+        let source = plan.served_source(id, c)?;
+        if c.build.is_some() && !source.exists() {
             bail!(
                 "building component `{id}` succeeded but its source {} does not exist",
-                c.source.display()
+                source.display()
             );
         }
     }

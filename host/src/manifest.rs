@@ -159,6 +159,10 @@ pub struct Tools {
 pub struct EdgeinferTool {
     /// The component as built; `edgeinfer build` pre-initializes it into `source`.
     pub bake: Option<String>,
+    /// The same function built for `wasi:nn`: served instead of `source` when
+    /// edgeinfer.toml sets `engine = "wasi-nn"` (Spin, without wasi:nn, keeps
+    /// running `source`).
+    pub wasi_nn: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +237,8 @@ pub struct Component {
     pub build: Option<BuildSpec>,
     /// Built, not yet pre-initialized component; `source` is the baked result.
     pub bake_from: Option<PathBuf>,
+    /// Its `wasi:nn` build (`tool.edgeinfer.wasi_nn`).
+    pub wasi_nn: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -489,7 +495,13 @@ impl Manifest {
             bake_from: spec
                 .tool
                 .edgeinfer
-                .and_then(|t| t.bake)
+                .as_ref()
+                .and_then(|t| t.bake.as_ref())
+                .map(|p| dir.join(p)),
+            wasi_nn: spec
+                .tool
+                .edgeinfer
+                .and_then(|t| t.wasi_nn)
                 .map(|p| dir.join(p)),
         })
     }

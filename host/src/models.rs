@@ -2,6 +2,11 @@
 //! Protocol with no code, by adding a component of the generic `oip` function
 //! to spin.toml. A model tract cannot run is refused here, naming the
 //! operator, instead of failing at its first request.
+//!
+//! spin.toml stays runnable on Spin: the component is the tract-in-Wasm
+//! function, with its `wasi:nn` build named in `tool.edgeinfer.wasi_nn`.
+//! `--engine wasi-nn` sets `engine = "wasi-nn"` for it in edgeinfer.toml, so
+//! edgeinfer serves the wasi:nn build and runs the model itself.
 
 use std::path::{Path, PathBuf};
 
@@ -20,15 +25,33 @@ pub struct AddOptions {
     pub manifest: PathBuf,
 }
 
-/// The generic function every added model runs in.
+/// The generic function every added model runs in, and its wasi:nn build.
 const GENERIC_CRATE: &str = "oip";
+const GENERIC_NN_CRATE: &str = "oip-nn";
 
 pub fn add(opts: &AddOptions) -> Result<()> {
     check_name(&opts.name)?;
-    if opts.engine == Engine::WasiNn {
-        bail!("the wasi-nn engine is not available in this build yet; use --engine tract");
-    }
     let manifest = Manifest::load(&opts.manifest)?;
+    let runtime_config = manifest.dir.join("edgeinfer.toml");
+    let original_config = std::fs::read_to_string(&runtime_config).ok();
+    if opts.engine == Engine::WasiNn
+        && let Some(text) = &original_config
+    {
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("reading {}", runtime_config.display()))?;
+        if table
+            .get("component")
+            .and_then(|c| c.get(&opts.name))
+            .is_some()
+        {
+            bail!(
+                "{} already has [component.{}]; set engine = \"wasi-nn\" there",
+                runtime_config.display(),
+                opts.name
+            );
+        }
+    }
     if manifest.components.contains_key(&opts.name) {
         bail!(
             "{} already has a component named `{}`",
@@ -54,10 +77,35 @@ pub fn add(opts: &AddOptions) -> Result<()> {
     text.push_str(&snippet(&opts.name, &shapes));
     std::fs::write(&opts.manifest, &text)
         .with_context(|| format!("writing {}", opts.manifest.display()))?;
-    // The result must still be a manifest we (and Spin) accept.
-    if let Err(e) = Manifest::load(&opts.manifest) {
+    if opts.engine == Engine::WasiNn {
+        let mut config = original_config.clone().unwrap_or_default();
+        if !config.is_empty() && !config.ends_with('\n') {
+            config.push('\n');
+        }
+        config.push_str(&format!(
+            "\n[component.{}]\nengine = \"wasi-nn\"   # the host runs the model (wasi:nn)\n",
+            opts.name
+        ));
+        std::fs::write(&runtime_config, config)
+            .with_context(|| format!("writing {}", runtime_config.display()))?;
+    }
+    // The result must still be a manifest we (and Spin) accept, and a
+    // runtime config that goes with it.
+    let checked = Manifest::load(&opts.manifest)
+        .map_err(anyhow::Error::from)
+        .and_then(|m| {
+            crate::runtime_config::RuntimeConfig::load(&runtime_config, &m, false)
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        });
+    if let Err(e) = checked {
         std::fs::write(&opts.manifest, original)?;
-        bail!("adding `{}` would break the manifest: {e}", opts.name);
+        match &original_config {
+            Some(text) => std::fs::write(&runtime_config, text)?,
+            None if opts.engine == Engine::WasiNn => std::fs::remove_file(&runtime_config)?,
+            None => {}
+        }
+        bail!("adding `{}` would break the app: {e:#}", opts.name);
     }
     eprintln!(
         "Added model `{}`: {} and component `{}` in {}. Run `edgeinfer up --build` to serve it at /v2/models/{}.",
@@ -120,10 +168,11 @@ source = "target/baked/{name}.wasm"
 files = [{{ source = "models/{name}", destination = "/model" }}]
 environment = {{ EDGEINFER_MODEL_NAME = "{name}"{shapes} }}
 [component.{name}.build]
-command = "cargo build --release -p {GENERIC_CRATE}"
+command = "cargo build --release -p {GENERIC_CRATE} -p {GENERIC_NN_CRATE}"
 workdir = "functions"
 [component.{name}.tool.edgeinfer]
 bake = "target/wasm/wasm32-wasip2/release/{GENERIC_CRATE}.wasm"
+wasi_nn = "target/wasm/wasm32-wasip2/release/oip_nn.wasm"
 "#
     )
 }

@@ -353,12 +353,7 @@ async fn embed_matches_onnx_runtime_over_http() {
     for case in cases {
         infer_matches_reference(&host, EMBED_MODEL, case).await;
     }
-    let meta: Value = host
-        .get(&format!("/v2/models/{EMBED_MODEL}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = host.get_json(&format!("/v2/models/{EMBED_MODEL}")).await;
     assert_eq!(meta["name"], EMBED_MODEL);
     let inputs = meta["inputs"].as_array().unwrap();
     assert_eq!(inputs.len(), 3);

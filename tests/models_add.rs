@@ -89,12 +89,7 @@ async fn added_models_match_onnx_runtime_over_oip() {
 
     let host = app.start_in(dir).await;
     for name in EXTRA {
-        let meta: Value = host
-            .get(&format!("/v2/models/{name}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = host.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(meta["name"], name);
         // Built with +simd128, the component runs tract's wasm SIMD kernels.
         assert_eq!(meta["backend"]["linalg"][0], "wasm-simd128", "{meta}");
@@ -105,12 +100,7 @@ async fn added_models_match_onnx_runtime_over_oip() {
 
         // The wasi:nn twin says so, and the host ran its model.
         let nn = format!("{name}-nn");
-        let meta: Value = host
-            .get(&format!("/v2/models/{nn}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = host.get_json(&format!("/v2/models/{nn}")).await;
         assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
 
         let reference = common::read_json(&format!("models/extra/{name}/reference.json"));

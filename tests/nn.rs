@@ -64,12 +64,7 @@ async fn wasi_nn_matches_onnx_runtime_for_every_model() {
         for case in reference.as_array().unwrap().iter().take(3) {
             infer_matches_reference(&host, name, case).await;
         }
-        let meta: Value = host
-            .get(&format!("/v2/models/{name}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = host.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
         // Each model loaded once, at startup.
         assert_eq!(

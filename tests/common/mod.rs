@@ -186,6 +186,11 @@ impl Host {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// `GET path`, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
     async fn wait_ready(&self) {
         let start = Instant::now();
         loop {

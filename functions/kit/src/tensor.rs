@@ -142,6 +142,51 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// The elements as little-endian bytes (BOOL as 0/1): the layout
+    /// wasi:nn tensors carry.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        fn bytes<T, const N: usize>(v: &[T], f: fn(&T) -> [u8; N]) -> Vec<u8> {
+            v.iter().flat_map(f).collect()
+        }
+        match self {
+            TensorData::Fp32(v) => bytes(v, |x| x.to_le_bytes()),
+            TensorData::Fp64(v) => bytes(v, |x| x.to_le_bytes()),
+            TensorData::Fp16(v) => bytes(v, |x| x.to_le_bytes()),
+            TensorData::Int64(v) => bytes(v, |x| x.to_le_bytes()),
+            TensorData::Int32(v) => bytes(v, |x| x.to_le_bytes()),
+            TensorData::Int8(v) => v.iter().map(|&x| x as u8).collect(),
+            TensorData::Uint8(v) => v.clone(),
+            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
+
+    /// Elements of `datatype` from little-endian bytes; a length that is not
+    /// a whole number of elements is an error.
+    pub fn from_le_bytes(datatype: DataType, raw: &[u8]) -> Result<TensorData, KitError> {
+        fn le<const N: usize, T>(raw: &[u8], f: fn([u8; N]) -> T) -> Result<Vec<T>, KitError> {
+            if raw.len() % N != 0 {
+                return Err(KitError::bad_request(format!(
+                    "{} bytes is not a whole number of {N}-byte elements",
+                    raw.len()
+                )));
+            }
+            Ok(raw
+                .chunks_exact(N)
+                .map(|c| f(c.try_into().expect("chunks_exact")))
+                .collect())
+        }
+        Ok(match datatype {
+            DataType::Fp32 => TensorData::Fp32(le(raw, f32::from_le_bytes)?),
+            DataType::Fp64 => TensorData::Fp64(le(raw, f64::from_le_bytes)?),
+            DataType::Fp16 => TensorData::Fp16(le(raw, f16::from_le_bytes)?),
+            DataType::Int64 => TensorData::Int64(le(raw, i64::from_le_bytes)?),
+            DataType::Int32 => TensorData::Int32(le(raw, i32::from_le_bytes)?),
+            DataType::Int8 => TensorData::Int8(raw.iter().map(|&b| b as i8).collect()),
+            DataType::Uint8 => TensorData::Uint8(raw.to_vec()),
+            DataType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
+        })
+    }
+
     /// The elements as a flat JSON array. FP16 goes out as ordinary numbers;
     /// non-finite floats become `null` (JSON has no NaN or infinity).
     pub fn to_json(&self) -> Value {

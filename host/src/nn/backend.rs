@@ -2,7 +2,7 @@
 //! tensors (dimensions, element type, little-endian bytes) and the kit's.
 
 use kit::engine::{Engine as _, TractEngine};
-use kit::tensor::{Tensor, TensorData};
+use kit::tensor::{DataType, Tensor, TensorData};
 
 use super::NnError;
 use super::bindings::wasi::nn::tensor::TensorType;
@@ -64,20 +64,17 @@ impl Backend for TractBackend {
     }
 }
 
-fn le<const N: usize, T>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
-    data.chunks_exact(N)
-        .map(|c| f(c.try_into().expect("chunks_exact")))
-        .collect()
-}
-
 /// A wasi-nn tensor as a kit tensor. BF16 has no kit type and is widened to
 /// FP32 exactly; every other type maps one to one.
 pub fn to_kit(name: String, t: NnTensor) -> Result<Tensor, NnError> {
-    let width = match t.ty {
-        TensorType::Fp16 | TensorType::Bf16 => 2,
-        TensorType::Fp32 | TensorType::I32 => 4,
-        TensorType::Fp64 | TensorType::I64 => 8,
-        TensorType::U8 => 1,
+    let (datatype, width) = match t.ty {
+        TensorType::Fp16 => (DataType::Fp16, 2),
+        TensorType::Bf16 => (DataType::Fp32, 2),
+        TensorType::Fp32 => (DataType::Fp32, 4),
+        TensorType::I32 => (DataType::Int32, 4),
+        TensorType::Fp64 => (DataType::Fp64, 8),
+        TensorType::I64 => (DataType::Int64, 8),
+        TensorType::U8 => (DataType::Uint8, 1),
     };
     let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
     let elements = shape
@@ -94,15 +91,14 @@ pub fn to_kit(name: String, t: NnTensor) -> Result<Tensor, NnError> {
         )));
     }
     let data = match t.ty {
-        TensorType::Fp32 => TensorData::Fp32(le(&t.data, f32::from_le_bytes)),
-        TensorType::Fp64 => TensorData::Fp64(le(&t.data, f64::from_le_bytes)),
-        TensorType::Fp16 => TensorData::Fp16(le(&t.data, half::f16::from_le_bytes)),
-        TensorType::Bf16 => {
-            TensorData::Fp32(le(&t.data, |b| half::bf16::from_le_bytes(b).to_f32()))
-        }
-        TensorType::U8 => TensorData::Uint8(t.data),
-        TensorType::I32 => TensorData::Int32(le(&t.data, i32::from_le_bytes)),
-        TensorType::I64 => TensorData::Int64(le(&t.data, i64::from_le_bytes)),
+        TensorType::Bf16 => TensorData::Fp32(
+            t.data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        _ => TensorData::from_le_bytes(datatype, &t.data)
+            .map_err(|e| NnError::invalid(e.message().to_string()))?,
     };
     Tensor::new(name, shape, data).map_err(|e| NnError::invalid(e.message().to_string()))
 }
@@ -110,23 +106,17 @@ pub fn to_kit(name: String, t: NnTensor) -> Result<Tensor, NnError> {
 /// A kit tensor as a wasi-nn tensor. INT8 and BOOL have no wasi-nn type and
 /// travel as U8 (BOOL as 0/1; INT8 as its two's-complement byte).
 pub fn from_kit(t: Tensor) -> NnTensor {
-    fn bytes<T, const N: usize>(v: &[T], f: fn(&T) -> [u8; N]) -> Vec<u8> {
-        v.iter().flat_map(f).collect()
-    }
-    let dimensions = t.shape.iter().map(|&d| d as u32).collect();
-    let (ty, data) = match &t.data {
-        TensorData::Fp32(v) => (TensorType::Fp32, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Fp64(v) => (TensorType::Fp64, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Fp16(v) => (TensorType::Fp16, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Int64(v) => (TensorType::I64, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Int32(v) => (TensorType::I32, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Int8(v) => (TensorType::U8, v.iter().map(|&x| x as u8).collect()),
-        TensorData::Uint8(v) => (TensorType::U8, v.clone()),
-        TensorData::Bool(v) => (TensorType::U8, v.iter().map(|&b| u8::from(b)).collect()),
+    let ty = match t.data.datatype() {
+        DataType::Fp32 => TensorType::Fp32,
+        DataType::Fp64 => TensorType::Fp64,
+        DataType::Fp16 => TensorType::Fp16,
+        DataType::Int64 => TensorType::I64,
+        DataType::Int32 => TensorType::I32,
+        DataType::Int8 | DataType::Uint8 | DataType::Bool => TensorType::U8,
     };
     NnTensor {
-        dimensions,
+        dimensions: t.shape.iter().map(|&d| d as u32).collect(),
         ty,
-        data,
+        data: t.data.to_le_bytes(),
     }
 }

@@ -7,7 +7,7 @@
 
 use super::{Engine, TensorSpec};
 use crate::KitError;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{DataType, Tensor, TensorData};
 
 mod bindings {
     spin_sdk::wit_bindgen::generate!({
@@ -43,51 +43,50 @@ fn kit_error(what: &str, e: NnError) -> KitError {
     }
 }
 
-fn bytes<T, const N: usize>(v: &[T], f: fn(&T) -> [u8; N]) -> Vec<u8> {
-    v.iter().flat_map(f).collect()
+/// wasi:nn's element type for a kit datatype; INT8 and BOOL have none.
+fn nn_type(t: &Tensor) -> Result<TensorType, KitError> {
+    Ok(match t.data.datatype() {
+        DataType::Fp32 => TensorType::Fp32,
+        DataType::Fp64 => TensorType::Fp64,
+        DataType::Fp16 => TensorType::Fp16,
+        DataType::Int64 => TensorType::I64,
+        DataType::Int32 => TensorType::I32,
+        DataType::Uint8 => TensorType::U8,
+        other @ (DataType::Int8 | DataType::Bool) => {
+            return Err(KitError::bad_request(format!(
+                "input '{}': {other} has no wasi:nn tensor type",
+                t.name
+            )));
+        }
+    })
 }
 
 fn to_nn(t: &Tensor) -> Result<NnTensor, KitError> {
-    let (ty, data) = match &t.data {
-        TensorData::Fp32(v) => (TensorType::Fp32, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Fp64(v) => (TensorType::Fp64, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Fp16(v) => (TensorType::Fp16, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Int64(v) => (TensorType::I64, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Int32(v) => (TensorType::I32, bytes(v, |x| x.to_le_bytes())),
-        TensorData::Uint8(v) => (TensorType::U8, v.clone()),
-        TensorData::Int8(_) | TensorData::Bool(_) => {
-            return Err(KitError::bad_request(format!(
-                "input '{}': {} has no wasi:nn tensor type",
-                t.name,
-                t.data.datatype()
-            )));
-        }
-    };
+    let ty = nn_type(t)?;
     let dims = t
         .shape
         .iter()
         .map(|&d| u32::try_from(d))
         .collect::<Result<Vec<u32>, _>>()
         .map_err(|_| KitError::bad_request(format!("input '{}': a dim is too large", t.name)))?;
-    Ok(NnTensor::new(&dims, ty, &data))
-}
-
-fn le<const N: usize, T>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
-    data.chunks_exact(N)
-        .map(|c| f(c.try_into().expect("chunks_exact")))
-        .collect()
+    Ok(NnTensor::new(&dims, ty, &t.data.to_le_bytes()))
 }
 
 fn from_nn(name: String, t: &NnTensor) -> Result<Tensor, KitError> {
     let raw = t.data();
     let data = match t.ty() {
-        TensorType::Fp32 => TensorData::Fp32(le(&raw, f32::from_le_bytes)),
-        TensorType::Fp64 => TensorData::Fp64(le(&raw, f64::from_le_bytes)),
-        TensorType::Fp16 => TensorData::Fp16(le(&raw, half::f16::from_le_bytes)),
-        TensorType::Bf16 => TensorData::Fp32(le(&raw, |b| half::bf16::from_le_bytes(b).to_f32())),
+        TensorType::Fp32 => TensorData::from_le_bytes(DataType::Fp32, &raw)?,
+        TensorType::Fp64 => TensorData::from_le_bytes(DataType::Fp64, &raw)?,
+        TensorType::Fp16 => TensorData::from_le_bytes(DataType::Fp16, &raw)?,
+        // No kit type: widened to FP32, exactly.
+        TensorType::Bf16 => TensorData::Fp32(
+            raw.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
         TensorType::U8 => TensorData::Uint8(raw),
-        TensorType::I32 => TensorData::Int32(le(&raw, i32::from_le_bytes)),
-        TensorType::I64 => TensorData::Int64(le(&raw, i64::from_le_bytes)),
+        TensorType::I32 => TensorData::from_le_bytes(DataType::Int32, &raw)?,
+        TensorType::I64 => TensorData::from_le_bytes(DataType::Int64, &raw)?,
     };
     let shape = t.dimensions().into_iter().map(|d| d as usize).collect();
     Tensor::new(name, shape, data)

@@ -159,8 +159,6 @@ CREATE TABLE IF NOT EXISTS meter (
     amount TEXT NOT NULL,
     currency TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS meter_started ON meter(started_us);
-CREATE INDEX IF NOT EXISTS meter_tenant ON meter(tenant, started_us);
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -315,14 +313,21 @@ pub fn read_records(conn: &Connection, query: &Query) -> Result<Vec<MeterRecord>
             nn_backend, max_memory_bytes, bytes_in, bytes_out, cold_start, status, outcome,
             amount, currency
          FROM meter
-         WHERE started_us >= ?1 AND started_us < ?2 AND (?3 IS NULL OR tenant = ?3)
+         WHERE id >= ?4 AND id < ?5
+           AND started_us >= ?1 AND started_us < ?2 AND (?3 IS NULL OR tenant = ?3)
          ORDER BY started_us, id",
     )?;
     let rows = stmt.query_map(
         params![
             query.from_us.unwrap_or(i64::MIN),
             query.to_us.unwrap_or(i64::MAX),
-            query.tenant
+            query.tenant,
+            query
+                .from_us
+                .map_or(String::new(), |us| id_bound(us - 1_000_000)),
+            query
+                .to_us
+                .map_or("~".to_string(), |us| id_bound(us + 1_000_000)),
         ],
         |row| {
             Ok((
@@ -413,6 +418,17 @@ pub fn read_records(conn: &Connection, query: &Query) -> Result<Vec<MeterRecord>
     Ok(out)
 }
 
+/// The smallest UUIDv7 text minted at `us` (Unix µs): its first 12 hex
+/// digits are the millisecond. Ids are minted when a call arrives, so a time
+/// range is a range of the primary key, and the ledger needs no other index
+/// (each one would cost every insert a B-tree write). Callers widen the
+/// range by a second and filter on `started_us` exactly.
+fn id_bound(us: i64) -> String {
+    let ms = us.div_euclid(1000).clamp(0, 0xffff_ffff_ffff);
+    let hex = format!("{ms:012x}");
+    format!("{}-{}", &hex[..8], &hex[8..])
+}
+
 /// Whether a record with this id is in the ledger.
 pub fn contains(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn
@@ -438,6 +454,19 @@ pub fn micros(s: &str) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record started at `us`, with a UUIDv7 minted then (as the host does).
+    pub(crate) fn record_at(us: i64) -> MeterRecord {
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (us / 1_000_000) as u64,
+            ((us % 1_000_000) * 1000) as u32,
+        );
+        let mut r = record(&uuid::Uuid::new_v7(ts).to_string());
+        r.started_at = rfc3339(us);
+        r.ended_at = rfc3339(us + 1500);
+        r
+    }
 
     pub(crate) fn record(id: &str) -> MeterRecord {
         MeterRecord {
@@ -491,11 +520,10 @@ mod tests {
     async fn records_round_trip_and_filter() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
-        let mut a = record("a");
+        let mut a = record_at(1_700_000_000_000_000);
         a.tenant = Some("a".into());
-        let mut b = record("b");
+        let mut b = record_at(1_700_000_100_000_000);
         b.tenant = Some("b".into());
-        b.started_at = rfc3339(1_700_000_100_000_000);
         futures::future::try_join(ledger.append(a.clone()), ledger.append(b.clone()))
             .await
             .unwrap();

@@ -107,7 +107,7 @@ enum Command {
 #[derive(clap::Args)]
 struct DbArgs {
     /// The database; defaults to edgeinfer.db in the state dir.
-    #[arg(long, env = "EDGEINFER_DB")]
+    #[arg(long, env = "EDGEINFER_DB", global = true)]
     db: Option<PathBuf>,
 }
 

@@ -5,9 +5,8 @@
 //! have had alone; a model whose dim 0 is not a batch dim is found out on
 //! its first batch and runs unbatched from then on.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
@@ -24,7 +23,9 @@ struct Job {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// The queue in front of one model; its thread runs the batches.
+/// The queue in front of one model. One thread per core takes turns to
+/// gather a batch from it and then runs that batch, so a batch fills while
+/// the previous ones run.
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
 }
@@ -37,10 +38,20 @@ impl Batcher {
         delay: Duration,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let model = name.to_string();
-        std::thread::Builder::new()
-            .name(format!("batch-{name}"))
-            .spawn(move || run(&model, backend.as_ref(), rx, max_batch, delay))?;
+        let rx = Arc::new(Mutex::new(rx));
+        let batchable = Arc::new(AtomicBool::new(true));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for i in 0..cores {
+            let (model, backend, rx, batchable) = (
+                name.to_string(),
+                backend.clone(),
+                rx.clone(),
+                batchable.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("batch-{name}-{i}"))
+                .spawn(move || run(&model, backend.as_ref(), &rx, &batchable, max_batch, delay))?;
+        }
         Ok(Self { tx })
     }
 
@@ -64,33 +75,38 @@ impl Batcher {
 fn run(
     model: &str,
     backend: &dyn Backend,
-    rx: mpsc::Receiver<Job>,
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    batchable: &AtomicBool,
     max_batch: usize,
     delay: Duration,
 ) {
-    let batchable = AtomicBool::new(true);
     let mut next: Option<Job> = None;
     loop {
-        let first = match next.take() {
-            Some(j) => j,
-            None => match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            },
-        };
-        let mut batch = vec![first];
-        if batchable.load(Ordering::Relaxed) {
-            let deadline = Instant::now() + delay;
-            while batch.len() < max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(j) if compatible(&batch[0].inputs, &j.inputs) => batch.push(j),
-                    // Starts the next batch.
-                    Ok(j) => {
-                        next = Some(j);
-                        break;
+        // Gather a batch while holding the queue; run it after letting go.
+        let mut batch = Vec::new();
+        {
+            let Ok(rx) = rx.lock() else { return };
+            let first = match next.take() {
+                Some(j) => j,
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            batch.push(first);
+            if batchable.load(Ordering::Relaxed) {
+                let deadline = Instant::now() + delay;
+                while batch.len() < max_batch {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(j) if compatible(&batch[0].inputs, &j.inputs) => batch.push(j),
+                        // Starts this thread's next batch.
+                        Ok(j) => {
+                            next = Some(j);
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
             }
         }

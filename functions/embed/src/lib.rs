@@ -28,6 +28,7 @@
 use std::sync::LazyLock;
 
 use kit::KitError;
+use kit::decode::kind;
 use kit::engine::{Engine, LazyEngine, TractEngine, TractOptions};
 use kit::respond::{self, Reply};
 use kit::tensor::Tensor;
@@ -262,17 +263,6 @@ fn parse_request(body: &[u8]) -> Result<Vec<String>, KitError> {
 fn is_this_model(name: &str) -> bool {
     let name = name.strip_prefix("sentence-transformers/").unwrap_or(name);
     name.eq_ignore_ascii_case(MODEL_NAME)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The token ids of one text: `[CLS] … [SEP]`, at most [`MAX_TOKENS`].

@@ -295,7 +295,8 @@ where
     T::try_from(i).map_err(|_| format!("{n} does not fit {dt}"))
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, for error messages: "a string", "an array", ...
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

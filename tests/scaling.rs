@@ -25,6 +25,16 @@ async fn metric(host: &Host, name: &str, labels: &str) -> f64 {
     sample(&metrics(host).await, name, labels).unwrap_or(0.0)
 }
 
+/// `edgeinfer_rejected_total` for the probe component and `reason`.
+async fn probe_rejected(host: &Host, reason: &str) -> f64 {
+    metric(
+        host,
+        "edgeinfer_rejected_total",
+        &format!(r#"component="probe",reason="{reason}""#),
+    )
+    .await
+}
+
 /// Polls `/metrics` until `name{labels}` equals `want`.
 async fn wait_metric(host: &Host, name: &str, labels: &str, want: f64, limit: Duration) {
     let start = Instant::now();
@@ -185,15 +195,7 @@ async fn waiting_past_the_queue_timeout_is_503_with_retry_after() {
         "gave up after {waited:?}"
     );
     assert_eq!(busy.await.unwrap(), 200);
-    assert_eq!(
-        metric(
-            &host,
-            "edgeinfer_rejected_total",
-            r#"component="probe",reason="queue_timeout""#
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(probe_rejected(&host, "queue_timeout").await, 1.0);
     // The slot is free again.
     assert_eq!(host.get("/probe/counter").await.status(), 200);
 }
@@ -526,15 +528,7 @@ async fn an_exhausted_instance_pool_is_503_with_retry_after() {
     for s in slow {
         assert_eq!(s.await.unwrap(), 200);
     }
-    assert_eq!(
-        metric(
-            &host,
-            "edgeinfer_rejected_total",
-            r#"component="probe",reason="pool_exhausted""#
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(probe_rejected(&host, "pool_exhausted").await, 1.0);
     // Slots free again: served.
     assert_eq!(host.get("/probe/counter").await.status(), 200);
 }

@@ -26,19 +26,32 @@ use crate::sandbox::{self, Capabilities};
 /// The name the model is served under inside the benchmark.
 const NAME: &str = "bench";
 
+/// `edgeinfer bench`'s arguments.
+#[derive(clap::Args)]
 pub struct BenchOptions {
+    /// The .onnx file.
     pub model: PathBuf,
-    /// An OIP request body to send; otherwise inputs are synthesised.
-    pub input: Option<PathBuf>,
-    /// Concrete sizes for dynamic input dims, `NAME=D,D,...` (others are 1).
-    pub shapes: Vec<String>,
-    pub iterations: usize,
-    /// > 1: wasi-nn throughput with this many calls in flight, unbatched and batched.
-    pub concurrency: usize,
-    /// The built generic function (`cargo build --release -p oip` in functions/).
-    pub component: PathBuf,
-    pub state_dir: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
     pub json: bool,
+    /// An OIP inference request body to send (default: synthetic inputs).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Sizes for an input's dynamic dims, e.g. `x=1,3,48,192` (others are 1).
+    #[arg(long = "shape")]
+    pub shapes: Vec<String>,
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
+    /// Also measure wasi-nn throughput with this many calls in flight,
+    /// with batching off and on (max_batch_size = N).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// The generic function, built by `cargo build --release -p oip` in
+    /// functions/; its wasi:nn build `oip_nn.wasm` is looked for beside it.
+    #[arg(long, default_value = "target/wasm/wasm32-wasip2/release/oip.wasm")]
+    pub component: PathBuf,
+    #[arg(long, default_value = ".edgeinfer")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]

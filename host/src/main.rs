@@ -77,30 +77,7 @@ enum Command {
         db: DbArgs,
     },
     /// Time a model natively, in the sandbox (warm) and from a fresh instance (cold).
-    Bench {
-        /// The .onnx file.
-        model: PathBuf,
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// An OIP inference request body to send (default: synthetic inputs).
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// Sizes for an input's dynamic dims, e.g. `x=1,3,48,192` (others are 1).
-        #[arg(long = "shape")]
-        shapes: Vec<String>,
-        #[arg(long, default_value_t = 200)]
-        iterations: usize,
-        /// Also measure wasi-nn throughput with this many calls in flight,
-        /// with batching off and on (max_batch_size = N).
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        /// The generic function, built by `cargo build --release -p oip` in functions/.
-        #[arg(long, default_value = "target/wasm/wasm32-wasip2/release/oip.wasm")]
-        component: PathBuf,
-        #[arg(long, default_value = ".edgeinfer")]
-        state_dir: PathBuf,
-    },
+    Bench(edgeinfer::bench::BenchOptions),
 }
 
 /// Where tenants, keys and the ledger live.
@@ -200,20 +177,7 @@ enum BillingCommand {
 #[derive(Subcommand)]
 enum ModelsCommand {
     /// Serve an ONNX model over the Open Inference Protocol, with no code.
-    Add {
-        /// Model name, used in /v2/models/NAME and as the component id.
-        name: String,
-        /// The .onnx file; it is copied to models/NAME/.
-        file: PathBuf,
-        /// Where inference runs.
-        #[arg(long, value_enum, default_value = "tract")]
-        engine: edgeinfer::runtime_config::Engine,
-        /// An input shape to plan at build time, e.g. `x=1,3,48,192` (one per input).
-        #[arg(long = "shape")]
-        shapes: Vec<String>,
-        #[arg(long = "from", short = 'f', default_value = "spin.toml")]
-        manifest: PathBuf,
-    },
+    Add(edgeinfer::models::AddOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -269,40 +233,9 @@ fn main() -> std::process::ExitCode {
         } => billing(command, &db, &state_dir),
         Command::Build { manifest } => runtime.block_on(edgeinfer::up::build(&manifest)),
         Command::Models {
-            command:
-                ModelsCommand::Add {
-                    name,
-                    file,
-                    engine,
-                    shapes,
-                    manifest,
-                },
-        } => edgeinfer::models::add(&edgeinfer::models::AddOptions {
-            name,
-            file,
-            engine,
-            shapes,
-            manifest,
-        }),
-        Command::Bench {
-            model,
-            json,
-            input,
-            shapes,
-            iterations,
-            concurrency,
-            component,
-            state_dir,
-        } => runtime.block_on(edgeinfer::bench::bench(&edgeinfer::bench::BenchOptions {
-            model,
-            input,
-            shapes,
-            iterations,
-            concurrency,
-            component,
-            state_dir,
-            json,
-        })),
+            command: ModelsCommand::Add(opts),
+        } => edgeinfer::models::add(&opts),
+        Command::Bench(opts) => runtime.block_on(edgeinfer::bench::bench(&opts)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

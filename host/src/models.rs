@@ -15,13 +15,21 @@ use anyhow::{Context as _, Result, bail};
 use crate::manifest::Manifest;
 use crate::runtime_config::Engine;
 
+/// `edgeinfer models add`'s arguments.
+#[derive(clap::Args)]
 pub struct AddOptions {
+    /// Model name, used in /v2/models/NAME and as the component id.
     pub name: String,
+    /// The .onnx file; it is copied to models/NAME/.
     pub file: PathBuf,
+    /// Where inference runs.
+    #[arg(long, value_enum, default_value = "tract")]
     pub engine: Engine,
-    /// `NAME=D,D,...` per input: shapes planned at build time (models whose
-    /// graphs tract plans per concrete shape then serve these cold).
+    /// An input shape to plan at build time, e.g. `x=1,3,48,192` (one per
+    /// input), so models tract plans per concrete shape serve it cold.
+    #[arg(long = "shape")]
     pub shapes: Vec<String>,
+    #[arg(long = "from", short = 'f', default_value = "spin.toml")]
     pub manifest: PathBuf,
 }
 

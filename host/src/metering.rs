@@ -4,11 +4,17 @@
 //! back until the record is durable: a client that received a whole
 //! response can count on its record existing, whatever happens to the host
 //! afterwards.
+//!
+//! Holding the end back must not cost a second write to the socket: a
+//! response that ends soon and small is gathered and sent whole once its
+//! record is durable. Only a long or slow (streaming) body goes out as it is
+//! made, with its last frame held.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt as _;
@@ -140,12 +146,77 @@ fn outcome_of(failure: &GuestFailure) -> Outcome {
     }
 }
 
+/// A body that ends within this many bytes…
+const WHOLE_BYTES: u64 = 64 << 10;
+/// …and this long after its head is sent whole, after its record is durable.
+const WHOLE_WAIT: Duration = Duration::from_millis(20);
+
 impl Meter {
     /// `resp` with its body metered: the record is written when the body
-    /// ends (or is dropped), before the last byte is released.
-    pub fn wrap(self: &Arc<Self>, call: Call, resp: Response) -> Response {
-        let (mut parts, body) = resp.into_parts();
+    /// ends (or is dropped), before the last byte is released. If the body
+    /// fails before anything was sent, the call is recorded and `Err` says
+    /// why, for the caller to answer with an error instead.
+    pub async fn wrap(self: &Arc<Self>, call: Call, resp: Response) -> Result<Response, String> {
+        let (mut parts, mut body) = resp.into_parts();
         let status = parts.status.as_u16();
+        let exact = body.size_hint().exact();
+        // Recorded even if this future is dropped (the client went away).
+        let mut guard = CommitOnDrop(Some(Box::new(Unfinished {
+            call,
+            status,
+            meter: self.clone(),
+        })));
+        let mut prefix = VecDeque::new();
+        if self.ledger.is_some() {
+            let mut bytes_out = 0;
+            let wait = tokio::time::sleep(WHOLE_WAIT);
+            tokio::pin!(wait);
+            let ended = loop {
+                tokio::select! {
+                    biased;
+                    frame = body.frame() => match frame {
+                        None => break true,
+                        Some(Ok(frame)) => {
+                            let data = frame.data_ref().map(|d| d.len() as u64);
+                            bytes_out += data.unwrap_or(0);
+                            prefix.push_back(frame);
+                            if data.is_none() || bytes_out > WHOLE_BYTES {
+                                break false;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let mut unfinished = guard.take();
+                            unfinished.status = 500;
+                            if let Err(m) = finish(unfinished.commit(bytes_out)).await {
+                                tracing::error!(error = format!("{m:#}"), "metering a failed call");
+                            }
+                            return Err(format!("the function's response failed: {e}"));
+                        }
+                    },
+                    () = &mut wait => break false,
+                }
+            };
+            if ended {
+                finish(guard.take().commit(bytes_out))
+                    .await
+                    .map_err(|e| format!("the call could not be metered: {e:#}"))?;
+                let mut whole = bytes::BytesMut::with_capacity(bytes_out as usize);
+                for frame in prefix {
+                    if let Ok(data) = frame.into_data() {
+                        whole.extend_from_slice(&data);
+                    }
+                }
+                parts.headers.remove(http::header::TRANSFER_ENCODING);
+                parts.headers.insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(bytes_out),
+                );
+                return Ok(http::Response::from_parts(
+                    parts,
+                    crate::invoke::full_body(whole.freeze()),
+                ));
+            }
+        }
         // A `content-length: 0` head would complete the response before the
         // record is durable; without it the body ends with its last chunk.
         if parts
@@ -155,19 +226,32 @@ impl Meter {
         {
             parts.headers.remove(http::header::CONTENT_LENGTH);
         }
-        let hold_last = body.size_hint().exact().is_some_and(|n| n > 0);
+        let hold_last = exact.is_some_and(|n| n > 0);
         let body = MeteredBody {
             inner: body,
+            prefix,
             hold_last,
             held: None,
             bytes_out: 0,
-            state: State::Streaming(Some(Box::new(Unfinished {
-                call,
-                status,
-                meter: self.clone(),
-            }))),
+            state: State::Streaming(Some(guard.take())),
         };
-        http::Response::from_parts(parts, body.boxed_unsync())
+        Ok(http::Response::from_parts(parts, body.boxed_unsync()))
+    }
+}
+
+struct CommitOnDrop(Option<Box<Unfinished>>);
+
+impl CommitOnDrop {
+    fn take(&mut self) -> Box<Unfinished> {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for CommitOnDrop {
+    fn drop(&mut self) {
+        if let Some(u) = self.0.take() {
+            spawn_commit(u.commit(0));
+        }
     }
 }
 
@@ -214,6 +298,8 @@ enum State {
 
 struct MeteredBody {
     inner: wasmtime_wasi_http::WasiBody,
+    /// Frames read from `inner` before streaming began, sent first.
+    prefix: VecDeque<Frame<Bytes>>,
     /// With a known length the last data byte completes the response, so the
     /// last frame waits for the record; with chunked encoding the closing
     /// chunk does, and frames pass straight through.
@@ -235,7 +321,11 @@ impl Body for MeteredBody {
         loop {
             match &mut this.state {
                 State::Streaming(unfinished) => {
-                    match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                    let next = match this.prefix.pop_front() {
+                        Some(frame) => Some(Ok(frame)),
+                        None => ready!(Pin::new(&mut this.inner).poll_frame(cx)),
+                    };
+                    match next {
                         Some(Ok(frame)) => {
                             if let Some(d) = frame.data_ref() {
                                 this.bytes_out += d.len() as u64;
@@ -296,7 +386,20 @@ impl Body for MeteredBody {
                     .map_or(0, |d| d.len() as u64),
             ),
             _ => {
-                let hint = self.inner.size_hint();
+                // Frames already taken from `inner` but not yet sent count too.
+                let pending: u64 = self
+                    .prefix
+                    .iter()
+                    .chain(&self.held)
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let inner = self.inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + pending);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + pending);
+                }
                 if hint.exact() == Some(0) {
                     SizeHint::default()
                 } else {
@@ -317,6 +420,13 @@ impl Drop for MeteredBody {
             spawn_commit(u.commit(self.bytes_out));
         }
     }
+}
+
+/// Runs a commit to its end even if the caller is dropped while waiting.
+async fn finish(commit: BoxFuture<'static, anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::spawn(commit)
+        .await
+        .map_err(|e| anyhow::anyhow!("metering task: {e}"))?
 }
 
 fn spawn_commit(fut: BoxFuture<'static, anyhow::Result<()>>) {

@@ -140,13 +140,17 @@ impl Server {
             us = took.as_micros() as u64,
             "request"
         );
-        resp.headers_mut().insert(
-            REQUEST_ID,
-            HeaderValue::from_str(&id.to_string()).expect("uuid is a valid header"),
-        );
-        match call {
-            Some(call) => self.meter.wrap(call, resp),
-            None => resp,
+        let request_id = HeaderValue::from_str(&id.to_string()).expect("uuid is a valid header");
+        resp.headers_mut().insert(REQUEST_ID, request_id.clone());
+        let Some(call) = call else { return resp };
+        match self.meter.wrap(call, resp).await {
+            Ok(resp) => resp,
+            Err(reason) => {
+                tracing::error!(request_id = %id, reason, "answering 500 instead");
+                let mut resp = error(StatusCode::INTERNAL_SERVER_ERROR, &reason, &id);
+                resp.headers_mut().insert(REQUEST_ID, request_id);
+                resp
+            }
         }
     }
 

@@ -58,6 +58,8 @@ median() {
     awk '{v[NR] = $1} END { if (NR == 0) { print 0; exit }
          printf "%.3f\n", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
+# CPU time (user + system) process $1 has used, in µs.
+cpu_us() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1e6 / hz }' "/proc/$1/stat"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 
 # The README's 8x8 digit as a wrk script that POSTs it.

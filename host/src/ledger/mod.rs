@@ -1,13 +1,15 @@
-//! The durable per-call ledger: one meter record per call, written off the
-//! request path in group commits, each record durable before its response's
-//! last byte goes out (see [`crate::metering`]). The id is the primary key
-//! and inserts are idempotent, so a record replayed after a crash or by a
-//! retrying writer is still counted once.
+//! The durable per-call ledger: one meter record per call, each durable
+//! before its response's last byte goes out (see [`crate::metering`]). The
+//! id is the primary key and inserts are idempotent, so a record replayed
+//! after a crash or by a retrying writer is still counted once.
 //!
 //! [`Ledger`] is what callers see; [`SqliteLedger`] is the one-node
-//! implementation (SQLite in WAL mode in the state dir). A fleet ledger
+//! implementation: a group-synced [`journal`] that calls wait on, ingested
+//! into SQLite (WAL mode, in the state dir) at idle priority. A fleet ledger
 //! (PostgreSQL) implements the same trait with `INSERT … ON CONFLICT DO
 //! NOTHING` and needs no change in its callers.
+
+pub mod journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use futures::channel::oneshot;
 use futures::future::BoxFuture;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +161,10 @@ CREATE TABLE IF NOT EXISTS meter (
     amount TEXT NOT NULL,
     currency TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal_offsets (
+    segment TEXT PRIMARY KEY,
+    offset INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -176,7 +182,8 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 ";
 
-/// SQLite in WAL mode; one writer thread batches records into transactions.
+/// SQLite in WAL mode behind a journal: one thread appends and syncs
+/// records in groups, another ingests them into the database at idle priority.
 pub struct SqliteLedger {
     path: PathBuf,
     tx: mpsc::Sender<Pending>,
@@ -187,19 +194,35 @@ struct Pending {
     done: oneshot::Sender<Result<()>>,
 }
 
-/// Records per transaction at most; under load a batch fills while the
-/// previous commit syncs, so one fsync covers many calls.
+/// Records per sync at most; under load a group fills while the previous
+/// one syncs, so one `fdatasync` covers many calls.
 const MAX_BATCH: usize = 1024;
 
+/// How often the ingester looks for new lines: rarely enough that each pass
+/// is one large transaction, often enough that the journal stays short.
+const INGEST_EVERY: Duration = Duration::from_millis(250);
+
 impl SqliteLedger {
+    /// Opens the database, ingests whatever an earlier process left in the
+    /// journal, and starts this process's writer and ingester.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = open(path)?;
+        journal::catch_up(&conn)
+            .with_context(|| format!("ingesting the journal of {}", path.display()))?;
+        let segment = journal::Segment::create(&journal::dir_for(path))?;
         let (tx, rx) = mpsc::channel::<Pending>();
+        // Closed when the writer ends, which tells the ingester to stop.
+        let (stopped, stop) = mpsc::sync_channel::<()>(1);
         let shown = path.display().to_string();
         std::thread::Builder::new()
             .name("ledger".into())
-            .spawn(move || write_loop(conn, rx, &shown))
+            .spawn(move || write_loop(segment, rx, stopped, &shown))
             .context("starting the ledger writer")?;
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("ledger-ingest".into())
+            .spawn(move || ingest_loop(conn, stop, &shown))
+            .context("starting the ledger ingester")?;
         Ok(Self {
             path: path.to_path_buf(),
             tx,
@@ -211,7 +234,12 @@ impl SqliteLedger {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Pending>, path: &str) {
+fn write_loop(
+    mut segment: journal::Segment,
+    rx: mpsc::Receiver<Pending>,
+    stopped: mpsc::SyncSender<()>,
+    path: &str,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -220,20 +248,40 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Pending>, path: &str) {
                 Err(_) => break,
             }
         }
-        let result = insert_all(&mut conn, batch.iter().map(|p| &p.record));
+        let result = segment.append(batch.iter().map(|p| &p.record));
         if let Err(e) = &result {
             tracing::error!(
                 ledger = path,
                 error = format!("{e:#}"),
                 records = batch.len(),
-                "ledger commit failed"
+                "ledger append failed"
             );
         }
         for p in batch {
             let _ = p.done.send(match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(anyhow::anyhow!("ledger commit failed: {e:#}")),
+                Err(e) => Err(anyhow::anyhow!("ledger append failed: {e:#}")),
             });
+        }
+    }
+    drop(stopped);
+}
+
+fn ingest_loop(conn: Connection, stop: mpsc::Receiver<()>, path: &str) {
+    journal::lower_priority();
+    let dir = journal::dir_for(Path::new(path));
+    loop {
+        match journal::ingest(&conn, &dir) {
+            Ok(pass) if pass.more => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                ledger = path,
+                error = format!("{e:#}"),
+                "ingesting the journal"
+            ),
+        }
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(INGEST_EVERY) {
+            return;
         }
     }
 }
@@ -244,47 +292,54 @@ pub fn insert_all<'a>(
     records: impl IntoIterator<Item = &'a MeterRecord>,
 ) -> Result<()> {
     let txn = conn.transaction()?;
-    {
-        let mut stmt = txn.prepare_cached(
-            "INSERT INTO meter (id, node, tenant, key_id, component, component_digest, model,
-                model_digest, route, started_us, ended_us, wall_us, queue_us, billed_ms, fuel,
-                nn_compute_us, nn_backend, max_memory_bytes, bytes_in, bytes_out, cold_start,
-                status, outcome, amount, currency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
-             ON CONFLICT (id) DO NOTHING",
-        )?;
-        for r in records {
-            stmt.execute(params![
-                r.id,
-                r.node,
-                r.tenant,
-                r.key_id,
-                r.component,
-                r.component_digest,
-                r.model,
-                r.model_digest,
-                r.route,
-                micros(&r.started_at)?,
-                micros(&r.ended_at)?,
-                r.wall_us as i64,
-                r.queue_us as i64,
-                r.billed_ms as i64,
-                r.fuel as i64,
-                r.nn_compute_us as i64,
-                r.nn_backend,
-                r.max_memory_bytes as i64,
-                r.bytes_in as i64,
-                r.bytes_out as i64,
-                r.cold_start,
-                r.status,
-                r.outcome.as_str(),
-                r.amount.to_string(),
-                r.currency,
-            ])?;
-        }
-    }
+    insert_into(&txn, records)?;
     txn.commit()?;
+    Ok(())
+}
+
+/// Inserts within the caller's transaction, idempotently.
+fn insert_into<'a>(
+    conn: &Connection,
+    records: impl IntoIterator<Item = &'a MeterRecord>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO meter (id, node, tenant, key_id, component, component_digest, model,
+            model_digest, route, started_us, ended_us, wall_us, queue_us, billed_ms, fuel,
+            nn_compute_us, nn_backend, max_memory_bytes, bytes_in, bytes_out, cold_start,
+            status, outcome, amount, currency)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+            ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+         ON CONFLICT (id) DO NOTHING",
+    )?;
+    for r in records {
+        stmt.execute(params![
+            r.id,
+            r.node,
+            r.tenant,
+            r.key_id,
+            r.component,
+            r.component_digest,
+            r.model,
+            r.model_digest,
+            r.route,
+            micros(&r.started_at)?,
+            micros(&r.ended_at)?,
+            r.wall_us as i64,
+            r.queue_us as i64,
+            r.billed_ms as i64,
+            r.fuel as i64,
+            r.nn_compute_us as i64,
+            r.nn_backend,
+            r.max_memory_bytes as i64,
+            r.bytes_in as i64,
+            r.bytes_out as i64,
+            r.cold_start,
+            r.status,
+            r.outcome.as_str(),
+            r.amount.to_string(),
+            r.currency,
+        ])?;
+    }
     Ok(())
 }
 
@@ -306,7 +361,9 @@ impl Ledger for SqliteLedger {
 }
 
 /// Records matching `query` from an open ledger database, oldest first.
+/// The journal is ingested first, so every durable record is seen.
 pub fn read_records(conn: &Connection, query: &Query) -> Result<Vec<MeterRecord>> {
+    journal::catch_up(conn).context("ingesting the ledger journal")?;
     let mut stmt = conn.prepare(
         "SELECT id, node, tenant, key_id, component, component_digest, model, model_digest,
             route, started_us, ended_us, wall_us, queue_us, billed_ms, fuel, nn_compute_us,
@@ -429,14 +486,6 @@ fn id_bound(us: i64) -> String {
     format!("{}-{}", &hex[..8], &hex[8..])
 }
 
-/// Whether a record with this id is in the ledger.
-pub fn contains(conn: &Connection, id: &str) -> Result<bool> {
-    Ok(conn
-        .query_row("SELECT 1 FROM meter WHERE id = ?1", [id], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
 /// Unix microseconds as RFC 3339 with microseconds, UTC.
 pub fn rfc3339(us: i64) -> String {
     match jiff::Timestamp::from_microsecond(us) {
@@ -453,6 +502,8 @@ pub fn micros(s: &str) -> Result<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     /// A record started at `us`, with a UUIDv7 minted then (as the host does).
@@ -514,6 +565,65 @@ mod tests {
         insert_all(&mut open(&path).unwrap(), [&r]).unwrap();
         let all = ledger.records(&Query::default()).unwrap();
         assert_eq!(all, vec![r], "one record, unchanged by the replays");
+    }
+
+    /// What a killed host leaves: synced lines, then half a line it was
+    /// writing. Ingesting (twice, as two processes might) counts each whole
+    /// line once, drops the torn one, and removes the sealed segment.
+    #[test]
+    fn a_dead_writers_journal_is_ingested_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let jdir = journal::dir_for(&db);
+        let (a, b) = (record("0190-a"), record("0190-b"));
+        let mut segment = journal::Segment::create(&jdir).unwrap();
+        segment.append([&a, &b]).unwrap();
+        drop(segment);
+        let torn = std::fs::read_dir(&jdir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&torn)
+            .unwrap()
+            .write_all(br#"{"id":"0190-c","node""#)
+            .unwrap();
+        let conn = open(&db).unwrap();
+        assert_eq!(journal::catch_up(&conn).unwrap(), 2);
+        assert_eq!(journal::catch_up(&open(&db).unwrap()).unwrap(), 0);
+        assert_eq!(read_records(&conn, &Query::default()).unwrap(), vec![a, b]);
+        assert_eq!(
+            std::fs::read_dir(&jdir).unwrap().count(),
+            0,
+            "sealed segment removed"
+        );
+    }
+
+    /// A segment whose writer is alive is read up to its last whole line and
+    /// kept; what the writer appends later is picked up from there.
+    #[test]
+    fn a_live_segment_is_followed_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let jdir = journal::dir_for(&db);
+        let mut segment = journal::Segment::create(&jdir).unwrap();
+        segment.append([&record("0190-a")]).unwrap();
+        let conn = open(&db).unwrap();
+        assert_eq!(journal::catch_up(&conn).unwrap(), 1);
+        segment.append([&record("0190-b")]).unwrap();
+        assert_eq!(journal::catch_up(&conn).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_dir(&jdir).unwrap().count(),
+            1,
+            "live segment kept"
+        );
+        drop(segment);
+        assert_eq!(journal::catch_up(&conn).unwrap(), 0);
+        assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
+        assert_eq!(read_records(&conn, &Query::default()).unwrap().len(), 2);
     }
 
     #[tokio::test]

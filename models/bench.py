@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""ONNX Runtime latency of a model, single-threaded (intra_op_num_threads=1,
-inter_op_num_threads=1), on one case of its committed reference.json.
+"""ONNX Runtime latency of a model, single-threaded by default
+(intra_op_num_threads=--threads, inter_op_num_threads=1), on one case of its
+committed reference.json.
 
   nice -n 10 python models/bench.py                 # the bundled models, a table
   python models/bench.py extra/ppocr-cls --json     # one JSON object per model
@@ -30,6 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*", default=["digits", "filetype", "embed"])
     ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--emit-request", metavar="FILE")
     args = ap.parse_args()
@@ -48,7 +50,7 @@ def main():
         case = case_of(name)
         feed = {k: np.asarray(v["data"], dtype=NP[v["datatype"]]).reshape(v["shape"]) for k, v in case["inputs"].items()}
         so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
+        so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(str(HERE / name / "model.onnx"), so, providers=["CPUExecutionProvider"])
         for _ in range(20):
@@ -61,9 +63,9 @@ def main():
         p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
         shapes = {k: list(v.shape) for k, v in feed.items()}
         if args.json:
-            print(json.dumps({"model": name, "case": case["name"], "ort": ort.__version__, "ort_us": {"p50": p50, "p99": p99}}))
+            print(json.dumps({"model": name, "case": case["name"], "ort": ort.__version__, "threads": args.threads, "ort_us": {"p50": p50, "p99": p99}}))
         else:
-            print(f"{name:18} ort {ort.__version__} 1 thread {shapes}: p50 {p50:.0f} µs, p99 {p99:.0f} µs ({args.runs} runs)")
+            print(f"{name:18} ort {ort.__version__} {args.threads} thread(s) {shapes}: p50 {p50:.0f} µs, p99 {p99:.0f} µs ({args.runs} runs)")
 
 
 if __name__ == "__main__":

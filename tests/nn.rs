@@ -17,8 +17,9 @@ const MODELS: [(&str, &str, &str); 6] = [
     ("silero-vad", "extra/silero-vad", ""),
 ];
 
-/// One `oip-nn` component per model, each model declared once in `[nn.models]`.
-fn app(models: &[(&str, &str, &str)], extra_config: &str) -> App {
+/// One `oip-nn` component per model, each model declared once in `[nn.models]`
+/// with `settings` (TOML lines) added to its table.
+fn app(models: &[(&str, &str, &str)], settings: &str) -> App {
     let mut spin = String::new();
     let mut config = String::new();
     for (name, dir, shapes) in models {
@@ -43,8 +44,8 @@ environment = {{ EDGEINFER_MODEL_NAME = "{name}" }}
         if !shapes.is_empty() {
             config.push_str(&format!("shapes = [{shapes:?}]\n"));
         }
+        config.push_str(settings);
     }
-    config.push_str(extra_config);
     App::new(manifest(&spin)).runtime_config(config)
 }
 
@@ -58,24 +59,55 @@ async fn metric(host: &Host, name: &str, labels: &str) -> f64 {
 
 #[tokio::test]
 async fn wasi_nn_matches_onnx_runtime_for_every_model() {
-    let host = app(&MODELS, "").start().await;
+    every_model_matches(&app(&MODELS, "").start().await, "tract").await;
+}
+
+/// The same models and checks on the ONNX Runtime backend.
+#[cfg(feature = "onnxruntime")]
+#[tokio::test]
+async fn onnxruntime_backend_matches_onnx_runtime_for_every_model() {
+    let host = app(&MODELS, "backend = \"onnxruntime\"\n").start().await;
+    every_model_matches(&host, "onnxruntime").await;
+}
+
+async fn every_model_matches(host: &Host, backend: &str) {
     for (name, dir, _) in MODELS {
         let reference = read_json(&format!("models/{dir}/reference.json"));
-        for case in reference.as_array().unwrap().iter().take(3) {
-            infer_matches_reference(&host, name, case).await;
+        let cases = &reference.as_array().unwrap()[..3.min(reference.as_array().unwrap().len())];
+        for case in cases {
+            infer_matches_reference(host, name, case).await;
         }
         let meta: Value = host.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
         // Each model loaded once, at startup.
         assert_eq!(
             metric(
-                &host,
+                host,
                 "edgeinfer_nn_model_loads_total",
                 &format!("model=\"{name}\"")
             )
             .await,
             1.0
         );
+        assert!(
+            metric(
+                host,
+                "edgeinfer_inference_duration_seconds_count",
+                &format!("model=\"{name}\",backend=\"{backend}\"")
+            )
+            .await
+                >= cases.len() as f64,
+            "{name} ran on {backend}"
+        );
+    }
+    let computed: Vec<Value> = host
+        .events()
+        .into_iter()
+        .filter(|e| e["nn_compute_us"].as_u64() > Some(0))
+        .collect();
+    assert!(computed.len() >= MODELS.len(), "{}", computed.len());
+    for e in &computed {
+        assert_eq!(e["nn_backend"], backend, "{e}");
     }
 }
 
@@ -123,9 +155,19 @@ async fn guest_error(resp: reqwest::Response) -> (u16, String) {
 
 #[tokio::test]
 async fn wrong_shape_type_or_model_is_a_clear_4xx() {
+    wrong_input_is_a_clear_4xx("").await;
+}
+
+#[cfg(feature = "onnxruntime")]
+#[tokio::test]
+async fn wrong_shape_type_or_model_is_a_clear_4xx_on_onnxruntime() {
+    wrong_input_is_a_clear_4xx("backend = \"onnxruntime\"\n").await;
+}
+
+async fn wrong_input_is_a_clear_4xx(settings: &str) {
     let models = [("digits", "digits", ""), ("nope", "digits", "")];
     // `nope` is a component whose graph the host does not have.
-    let mut app = app(&models[..1], "");
+    let mut app = app(&models[..1], settings);
     app.manifest.push_str(&format!(
         r#"
 [[trigger.http]]
@@ -172,11 +214,24 @@ fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
     let digits = &MODELS[..1];
     let err = app(digits, "target = \"gpu\"\n").start_err();
     assert!(
-        err.contains("[nn.models.digits]") && err.contains("no GPU backend"),
+        err.contains("[nn.models.digits]") && err.contains("tract runs on the CPU only"),
         "{err}"
     );
-    let err = app(digits, "backend = \"onnxruntime\"\n").start_err();
-    assert!(err.contains("onnxruntime"), "{err}");
+    let err = app(digits, "backend = \"onnxruntime\"\ntarget = \"gpu\"\n").start_err();
+    assert!(err.contains("[nn.models.digits]"), "{err}");
+    if cfg!(feature = "gpu") {
+        // The CPU-only ONNX Runtime the tests run on has no CUDA provider.
+        assert!(
+            err.contains("the CUDA execution provider is not in"),
+            "{err}"
+        );
+    } else if cfg!(feature = "onnxruntime") {
+        assert!(err.contains("--features gpu"), "{err}");
+    }
+    if cfg!(not(feature = "onnxruntime")) {
+        let err = app(digits, "backend = \"onnxruntime\"\n").start_err();
+        assert!(err.contains("--features onnxruntime"), "{err}");
+    }
     let err = app(digits, "max_batch_size = 0\n").start_err();
     assert!(err.contains("max_batch_size"), "{err}");
     let err = app(digits, "")

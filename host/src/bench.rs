@@ -6,8 +6,10 @@
 //! - `cold`: the same request, each to a fresh instance (instantiation, first
 //!   touch of the copy-on-write image, and inference), as `up` serves it;
 //! - `wasi_nn`: the same request to the generic `oip-nn` function, one warm
-//!   instance, with the model run by the host through `wasi:nn` (native
-//!   tract, loaded once).
+//!   instance, with the model run by the host through `wasi:nn` (`--backend`:
+//!   tract, or ONNX Runtime with `--threads` intra-op threads; loaded once);
+//! - `backend`: that backend called directly on the decoded tensors, no
+//!   guest: the figure to hold against the same runtime in Python.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +44,12 @@ pub struct BenchOptions {
     pub shapes: Vec<String>,
     #[arg(long, default_value_t = 200)]
     pub iterations: usize,
+    /// What runs the model for wasi:nn.
+    #[arg(long, value_enum, default_value = "tract")]
+    pub backend: crate::nn::BackendKind,
+    /// Intra-op threads for `--backend onnxruntime` (tract runs on one).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Also measure wasi-nn throughput with this many calls in flight,
     /// with batching off and on (max_batch_size = N).
     #[arg(long, default_value_t = 1)]
@@ -158,14 +166,36 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             nn_component.display()
         );
     }
-    let shape_list: Vec<String> = shapes.split(';').map(str::to_string).collect();
+    let config = crate::nn::NnModelConfig {
+        backend: opts.backend,
+        shapes: shapes.split(';').map(str::to_string).collect(),
+        threads: Some(opts.threads),
+        ..crate::nn::NnModelConfig::default()
+    };
+    let backend = config.backend(&bytes, Path::new("."))?;
+    // The backend alone, on the tensors the guest would hand it.
+    let tensors: Vec<(String, crate::nn::NnTensor)> = kit::decode::infer_request(&body)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .inputs
+        .into_iter()
+        .map(|t| (t.name.clone(), crate::nn::from_kit(t)))
+        .collect();
+    let mut direct = Vec::with_capacity(n);
+    for i in 0..n + 1 {
+        let started = Instant::now();
+        backend
+            .run(tensors.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", backend.name()))?;
+        if i > 0 {
+            direct.push(started.elapsed());
+        }
+    }
     let nn_runnable = |max_batch: usize| -> Result<Arc<Runnable>> {
-        let backend = crate::nn::TractBackend::from_onnx(&bytes, &shape_list)?;
         let config = crate::nn::NnModelConfig {
             max_batch_size: max_batch as u32,
-            ..crate::nn::NnModelConfig::default()
+            ..config.clone()
         };
-        let model = config.with_backend(NAME, Arc::new(backend))?;
+        let model = config.with_backend(NAME, backend.clone())?;
         let caps = Capabilities {
             environment: vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())],
             mounts: Vec::new(),
@@ -222,6 +252,8 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "native_us": Summary::of(native),
         "wasm_us": Summary::of(wasm),
         "wasi_nn_us": Summary::of(wasi_nn),
+        "backend": { "name": backend.name(), "threads": opts.threads },
+        "backend_us": Summary::of(direct),
         "cold_us": Summary::of(cold),
         "wasi_nn_throughput": throughput,
     });
@@ -249,6 +281,7 @@ fn print_table(report: &Value) {
         ("wasm", "wasm_us"),
         ("cold", "cold_us"),
         ("wasi-nn", "wasi_nn_us"),
+        ("backend", "backend_us"),
     ] {
         let s = &report[key];
         if s.is_null() {
@@ -259,6 +292,11 @@ fn print_table(report: &Value) {
         let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
         println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
     }
+    println!(
+        "(wasi-nn and backend: {}, {} thread(s); backend = the host backend called directly)",
+        report["backend"]["name"].as_str().unwrap_or_default(),
+        report["backend"]["threads"]
+    );
     let t = &report["wasi_nn_throughput"];
     if !t.is_null() {
         let rps = |k: &str| t["calls_per_s"][k].as_f64().unwrap_or(f64::NAN);

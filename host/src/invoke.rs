@@ -49,8 +49,11 @@ pub struct Usage {
     pub fuel: u64,
     /// Peak linear memory, from the `ResourceLimiter`.
     pub max_memory_bytes: u64,
-    /// Time spent in `wasi:nn` compute.
+    /// Time spent in `wasi:nn` compute, the backend that spent it, and
+    /// whether on a GPU.
     pub nn_compute_us: u64,
+    pub nn_backend: Option<&'static str>,
+    pub nn_gpu: bool,
     /// A failure after the response head was sent (the body was cut short).
     pub failure: Option<GuestFailure>,
 }
@@ -104,9 +107,9 @@ impl Runnable {
     ) -> Result<Response, GuestFailure> {
         let deadline = Instant::now() + self.timeout;
         let memory = Arc::new(MemoryStats::default());
-        let nn_compute_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let nn_usage = Arc::new(crate::nn::NnUsage::default());
         let mut store = self
-            .new_store(memory.clone(), nn_compute_us.clone())
+            .new_store(memory.clone(), nn_usage.clone())
             .map_err(|e| GuestFailure::Failed(format!("preparing the instance: {e:#}")))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -147,7 +150,9 @@ impl Runnable {
             let _ = usage.send(Usage {
                 fuel,
                 max_memory_bytes: memory.peak.load(Ordering::Relaxed),
-                nn_compute_us: nn_compute_us.load(Ordering::Relaxed),
+                nn_compute_us: nn_usage.compute_us.load(Ordering::Relaxed),
+                nn_backend: nn_usage.backend.get().copied(),
+                nn_gpu: nn_usage.gpu.load(Ordering::Relaxed),
                 failure,
             });
         };
@@ -202,9 +207,9 @@ impl Runnable {
     fn new_store(
         &self,
         memory: Arc<MemoryStats>,
-        nn_compute_us: Arc<std::sync::atomic::AtomicU64>,
+        nn_usage: Arc<crate::nn::NnUsage>,
     ) -> anyhow::Result<Store<InstanceState>> {
-        let state = InstanceState::new(&self.caps, memory, nn_compute_us)?;
+        let state = InstanceState::new(&self.caps, memory, nn_usage)?;
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| s.limiter());
         // Fails only when the engine does not count fuel (`[metering] fuel = false`).

@@ -122,7 +122,7 @@ impl Call {
             billed_ms,
             fuel: usage.fuel,
             nn_compute_us: usage.nn_compute_us,
-            nn_backend: (usage.nn_compute_us > 0).then(|| "tract".to_string()),
+            nn_backend: usage.nn_backend.map(str::to_string),
             max_memory_bytes: usage.max_memory_bytes,
             bytes_in: self.bytes_in,
             bytes_out,
@@ -132,7 +132,7 @@ impl Call {
             amount: Decimal::ZERO,
             currency: self.rates.currency.clone(),
         };
-        r.amount = billing::amount(&self.rates, &r, false);
+        r.amount = billing::amount(&self.rates, &r, usage.nn_gpu);
         r
     }
 }

@@ -83,11 +83,11 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    /// `nn_compute_us` accumulates the instance's `wasi:nn` compute time.
+    /// `nn_usage` accumulates what the instance's `wasi:nn` calls use.
     pub fn new(
         caps: &Capabilities,
         memory: Arc<MemoryStats>,
-        nn_compute_us: Arc<AtomicU64>,
+        nn_usage: Arc<crate::nn::NnUsage>,
     ) -> Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
@@ -107,7 +107,7 @@ impl InstanceState {
             },
             nn: crate::nn::NnCtx {
                 registry: caps.nn.clone(),
-                compute_us: nn_compute_us,
+                usage: nn_usage,
             },
         })
     }

@@ -7,7 +7,7 @@
 #
 # Usage: tests/bench/models.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet extra/ppocr-cls)
 # Env:   ITERATIONS (default 200), EDGEINFER_BIN (default target/release/edgeinfer),
-#        PYTHON (a python with onnxruntime; default: a venv made in target/bench-venv).
+#        PYTHON (a python with onnxruntime; default: the venv target/py, see tests/ort-lib).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -22,9 +22,8 @@ if [[ -z "${EDGEINFER_BIN:-}" ]]; then
   EDGEINFER_BIN=$PWD/target/release/edgeinfer
 fi
 if [[ -z "${PYTHON:-}" ]]; then
-  [[ -x target/bench-venv/bin/python ]] || python3 -m venv target/bench-venv >&2
-  target/bench-venv/bin/pip install -q onnxruntime==1.32.0 numpy >&2
-  PYTHON=target/bench-venv/bin/python
+  tests/ort-lib >/dev/null
+  PYTHON=target/py/bin/python
 fi
 
 tmp=$(mktemp -d)

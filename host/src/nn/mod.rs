@@ -15,6 +15,8 @@
 mod backend;
 mod batch;
 mod config;
+#[cfg(feature = "onnxruntime")]
+mod onnxruntime;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +27,8 @@ use anyhow::Result;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-pub use backend::{Backend, NnTensor, TractBackend};
-pub use config::{NnModelConfig, Target};
+pub use backend::{Backend, NnTensor, TractBackend, from_kit};
+pub use config::{BackendKind, NnModelConfig, Target};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -154,10 +156,20 @@ impl Registry {
     }
 }
 
-/// Per instance: the app's registry, and the compute time spent so far.
+/// Per instance: the app's registry, and what its calls used so far.
 pub struct NnCtx {
     pub registry: Arc<Registry>,
-    pub compute_us: Arc<AtomicU64>,
+    pub usage: Arc<NnUsage>,
+}
+
+/// What one instance's `wasi:nn` calls used, for its meter record.
+#[derive(Debug, Default)]
+pub struct NnUsage {
+    pub compute_us: AtomicU64,
+    /// The backend that ran them (the first, if several did).
+    pub backend: std::sync::OnceLock<&'static str>,
+    /// Whether any ran on a GPU, which is billed at the GPU rate.
+    pub gpu: std::sync::atomic::AtomicBool,
 }
 
 pub struct NnView<'a> {
@@ -302,9 +314,14 @@ impl bindings::wasi::nn::inference::HostGraphExecutionContext for NnView<'_> {
         let (result, took) = model
             .compute(tensors, &self.ctx.registry.compute_slots)
             .await?;
-        self.ctx
+        let usage = &self.ctx.usage;
+        usage
             .compute_us
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        usage.backend.get_or_init(|| model.backend.name());
+        if model.target == Target::Gpu {
+            usage.gpu.store(true, Ordering::Relaxed);
+        }
         crate::metrics::global().observe_inference(&model.name, model.backend.name(), took);
         match result {
             Ok(outputs) => {

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{App, Host, artifacts, infer_matches_reference, manifest, read_json, repo};
+use common::{
+    App, Host, artifacts, binary_infer_matches_reference, infer_matches_reference, manifest,
+    read_json, repo,
+};
 use serde_json::{Value, json};
 
 /// (model name, model dir under models/, input shapes to plan at load)
@@ -77,6 +80,8 @@ async fn every_model_matches(host: &Host, backend: &str) {
         for case in cases {
             infer_matches_reference(host, name, case).await;
         }
+        // And the same tensors as OIP binary data, both ways.
+        binary_infer_matches_reference(host, name, &cases[0]).await;
         let meta: Value = host.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
         // Each model loaded once, at startup.
@@ -96,7 +101,7 @@ async fn every_model_matches(host: &Host, backend: &str) {
                 &format!("model=\"{name}\",backend=\"{backend}\"")
             )
             .await
-                >= cases.len() as f64,
+                >= cases.len() as f64 + 1.0,
             "{name} ran on {backend}"
         );
     }

@@ -44,6 +44,10 @@ pub struct BenchOptions {
     pub shapes: Vec<String>,
     #[arg(long, default_value_t = 200)]
     pub iterations: usize,
+    /// Send tensors with the OIP binary tensor extension (raw bytes after a
+    /// JSON header, outputs likewise) instead of JSON numbers.
+    #[arg(long)]
+    pub binary: bool,
     /// What runs the model for wasi:nn.
     #[arg(long, value_enum, default_value = "tract")]
     pub backend: crate::nn::BackendKind,
@@ -95,22 +99,36 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         None => synthetic_request(engine.inputs(), &opts.shapes)?,
     };
     let n = opts.iterations;
+    // What is timed: the JSON request, or the same tensors as binary data.
+    let (timed_body, header_length) = if opts.binary {
+        let (b, h) = binary_request(&body)?;
+        (b, Some(h))
+    } else {
+        (body.clone(), None)
+    };
 
     // Native: what the function does per request, outside the sandbox.
-    let native_once = || -> Result<Vec<u8>> {
-        let request = kit::decode::infer_request(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let native_once = |body: &[u8], header_length: Option<usize>| -> Result<Vec<u8>> {
+        let request = kit::decode::infer_request_with(body, header_length)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let outputs = engine
             .run(request.inputs)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if request.binary_outputs != kit::decode::BinaryOutputs::None {
+            let (body, _) = kit::respond::infer_binary_body(NAME, None, &outputs, |name| {
+                request.binary_outputs.contains(name)
+            });
+            return Ok(body);
+        }
         Ok(serde_json::to_vec(&kit::respond::infer_body(
             NAME, None, &outputs,
         ))?)
     };
-    let reference: Value = serde_json::from_slice(&native_once()?)?;
+    let reference: Value = serde_json::from_slice(&native_once(&body, None)?)?;
     let mut native = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        native_once()?;
+        native_once(&timed_body, header_length)?;
         native.push(started.elapsed());
     }
 
@@ -124,15 +142,21 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         .collect::<Vec<_>>()
         .join(";");
     let runnable = sandboxed(opts, &bytes, &shapes).await?;
-    let request = || {
-        http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"))
-            .header("content-type", "application/json")
-            .body(full_body(body.clone()))
-            .expect("a valid request")
+    let post = |body: &[u8], header_length: Option<usize>| {
+        let mut req = http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"));
+        req = match header_length {
+            Some(h) => req
+                .header("content-type", "application/octet-stream")
+                .header(kit::decode::HEADER_LENGTH, h),
+            None => req.header("content-type", "application/json"),
+        };
+        req.body(full_body(body.to_vec())).expect("a valid request")
     };
-    let warm = runnable
-        .time_in_one_instance((0..n + 1).map(|_| request()))
-        .await?;
+    let request = || post(&timed_body, header_length);
+    // The first call in an instance is JSON, checked against native; the
+    // timed ones are `timed_body`.
+    let calls = || (0..n + 1).map(|i| if i == 0 { post(&body, None) } else { request() });
+    let warm = runnable.time_in_one_instance(calls()).await?;
     check_same(&reference, &warm[0].1, "in the sandbox")?;
     // The first call in the instance is its cold one; keep the rest.
     let wasm: Vec<Duration> = warm[1..].iter().map(|(d, _)| *d).collect();
@@ -208,9 +232,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         };
         ready(opts, caps, &nn_component)
     };
-    let timed = nn_runnable(1)?
-        .time_in_one_instance((0..n + 1).map(|_| request()))
-        .await?;
+    let timed = nn_runnable(1)?.time_in_one_instance(calls()).await?;
     check_same(&reference, &timed[0].1, "through wasi:nn")?;
     let wasi_nn: Vec<Duration> = timed[1..].iter().map(|(d, _)| *d).collect();
 
@@ -395,6 +417,34 @@ fn check_same(native: &Value, sandboxed: &[u8], what: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `body`'s tensors as a binary-extension request that also asks for binary
+/// outputs; returns the body and its JSON header's length.
+fn binary_request(body: &[u8]) -> Result<(Vec<u8>, usize)> {
+    let request = kit::decode::infer_request(body).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tail = Vec::new();
+    let inputs: Vec<Value> = request
+        .inputs
+        .iter()
+        .map(|t| {
+            let bytes = t.data.to_le_bytes();
+            let input = json!({
+                "name": t.name,
+                "shape": t.shape,
+                "datatype": t.datatype().as_str(),
+                "parameters": { "binary_data_size": bytes.len() },
+            });
+            tail.extend_from_slice(&bytes);
+            input
+        })
+        .collect();
+    let mut out = serde_json::to_vec(
+        &json!({ "inputs": inputs, "parameters": { "binary_data_output": true } }),
+    )?;
+    let header_length = out.len();
+    out.extend_from_slice(&tail);
+    Ok((out, header_length))
 }
 
 /// An OIP request with deterministic pseudo-random inputs: floats in [0, 1),

@@ -7,6 +7,7 @@
 #
 # Usage: tests/bench/models.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet extra/ppocr-cls)
 # Env:   ITERATIONS (default 200), EDGEINFER_BIN (default target/release/edgeinfer),
+#        BINARY=1 (send edgeinfer's columns the tensors as OIP binary data, not JSON),
 #        PYTHON (a python with onnxruntime; default: the venv target/py, see tests/ort-lib).
 set -euo pipefail
 
@@ -35,7 +36,7 @@ for m in "${models[@]}"; do
   "$PYTHON" models/bench.py "$m" --emit-request "$tmp/req.json"
   ort=$("$PYTHON" models/bench.py "$m" --json --runs "$ITERATIONS")
   ours=$("$EDGEINFER_BIN" bench "models/$m/model.onnx" --input "$tmp/req.json" \
-    --iterations "$ITERATIONS" --state-dir target/bench-state --json)
+    --iterations "$ITERATIONS" --state-dir target/bench-state --json ${BINARY:+--binary})
   "$PYTHON" - "$m" "$ort" "$ours" <<'EOF'
 import json, sys
 m, ort, ours = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])

@@ -367,3 +367,93 @@ pub fn assert_close(name: &str, got: &serde_json::Value, want: &serde_json::Valu
         );
     }
 }
+
+/// `infer_matches_reference`, with the tensors both ways as OIP binary data
+/// (`Inference-Header-Content-Length`, `binary_data_size`).
+pub async fn binary_infer_matches_reference(host: &Host, model: &str, case: &serde_json::Value) {
+    use serde_json::{Value, json};
+    fn le_bytes(datatype: &str, data: &[Value]) -> Vec<u8> {
+        data.iter()
+            .flat_map(|v| match datatype {
+                "FP32" => (v.as_f64().unwrap() as f32).to_le_bytes().to_vec(),
+                "FP64" => v.as_f64().unwrap().to_le_bytes().to_vec(),
+                "INT64" => v.as_i64().unwrap().to_le_bytes().to_vec(),
+                "INT32" => (v.as_i64().unwrap() as i32).to_le_bytes().to_vec(),
+                "UINT8" | "BOOL" => {
+                    vec![v.as_u64().unwrap_or(u64::from(v.as_bool() == Some(true))) as u8]
+                }
+                other => panic!("no test encoding for {other}"),
+            })
+            .collect()
+    }
+    fn values(datatype: &str, bytes: &[u8]) -> Vec<Value> {
+        let n = |w: usize| bytes.chunks_exact(w);
+        match datatype {
+            "FP32" => n(4)
+                .map(|c| json!(f32::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            "FP64" => n(8)
+                .map(|c| json!(f64::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            "INT64" => n(8)
+                .map(|c| json!(i64::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            "INT32" => n(4)
+                .map(|c| json!(i32::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            "UINT8" | "BOOL" => bytes.iter().map(|&b| json!(b)).collect(),
+            other => panic!("no test decoding for {other}"),
+        }
+    }
+    let mut tail = Vec::new();
+    let inputs: Vec<Value> = case["inputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, t)| {
+            let datatype = t["datatype"].as_str().unwrap();
+            let bytes = le_bytes(datatype, t["data"].as_array().unwrap());
+            let input = json!({"name": name, "shape": t["shape"], "datatype": datatype,
+                "parameters": {"binary_data_size": bytes.len()}});
+            tail.extend_from_slice(&bytes);
+            input
+        })
+        .collect();
+    let header = json!({"inputs": inputs, "parameters": {"binary_data_output": true}}).to_string();
+    let resp = host
+        .client
+        .post(host.url(&format!("/v2/models/{model}/infer")))
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", header.len())
+        .body([header.as_bytes(), &tail].concat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", case["name"]);
+    let split: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    let head: Value = serde_json::from_slice(&body[..split]).unwrap();
+    assert_eq!(head["model_name"], model);
+    let mut at = split;
+    for out in head["outputs"].as_array().unwrap() {
+        let name = out["name"].as_str().unwrap();
+        let size = out["parameters"]["binary_data_size"]
+            .as_u64()
+            .expect("a binary output") as usize;
+        assert!(out.get("data").is_none(), "{out}");
+        let datatype = out["datatype"].as_str().unwrap();
+        let got = json!({"shape": out["shape"], "datatype": datatype,
+            "data": values(datatype, &body[at..at + size])});
+        at += size;
+        assert_close(
+            &format!("{model}/{}/{name} (binary)", case["name"]),
+            &got,
+            &case["outputs"][name],
+        );
+    }
+    assert_eq!(at, body.len(), "no bytes after the last output");
+}

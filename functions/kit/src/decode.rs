@@ -49,13 +49,73 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// The names in `outputs: [{"name": ...}]`, if the client asked for a subset.
     pub outputs: Option<Vec<String>>,
+    /// Outputs to answer as raw bytes (the binary tensor extension): all of
+    /// them (`parameters.binary_data_output`), or those whose entry in
+    /// `outputs` has `parameters.binary_data`.
+    pub binary_outputs: BinaryOutputs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum BinaryOutputs {
+    #[default]
+    None,
+    All,
+    Named(Vec<String>),
+}
+
+impl BinaryOutputs {
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            BinaryOutputs::None => false,
+            BinaryOutputs::All => true,
+            BinaryOutputs::Named(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// The header that splits a binary-extension body: the JSON part's length.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A bool in an object's `parameters`; absent is `false`.
+fn flag(obj: &Map<String, Value>, key: &str) -> Result<bool, KitError> {
+    match obj.get("parameters").and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(KitError::bad_request(format!(
+            "parameters.{key} must be a boolean, got {}",
+            kind(other)
+        ))),
+    }
 }
 
 /// Decodes `{"id"?, "inputs": [{"name","shape","datatype","data"}], "outputs"?: [{"name"}]}`.
 /// `data` may be flat or nested arrays (row-major); its element count must equal
 /// the product of `shape`, and every value must fit `datatype`.
 pub fn infer_request(body: &[u8]) -> Result<InferRequest, KitError> {
-    let value: Value = json(body)?;
+    infer_request_with(body, None)
+}
+
+/// [`infer_request`] with the binary tensor extension (Triton's, KServe's):
+/// when `header_length` (the `Inference-Header-Content-Length` header) is
+/// given, the body is that many bytes of JSON followed by the little-endian,
+/// row-major data of every input whose `parameters.binary_data_size` is set,
+/// in input order, instead of its `"data"`. No JSON numbers to parse: large
+/// tensors cost a copy.
+pub fn infer_request_with(
+    body: &[u8],
+    header_length: Option<usize>,
+) -> Result<InferRequest, KitError> {
+    let (header, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(n) if n <= body.len() => body.split_at(n),
+        Some(n) => {
+            return Err(KitError::bad_request(format!(
+                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+    };
+    let value: Value = json(header)?;
     let obj = value.as_object().ok_or_else(|| {
         KitError::bad_request("the request must be a JSON object with \"inputs\"")
     })?;
@@ -87,8 +147,21 @@ pub fn infer_request(body: &[u8]) -> Result<InferRequest, KitError> {
     let inputs = inputs
         .iter()
         .enumerate()
-        .map(|(ix, item)| oip_tensor(item).map_err(|e| e.context(format!("inputs[{ix}]"))))
+        .map(|(ix, item)| {
+            oip_tensor_from(item, &mut binary).map_err(|e| e.context(format!("inputs[{ix}]")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    if !binary.is_empty() {
+        return Err(KitError::bad_request(format!(
+            "{} bytes of binary data follow the last input's",
+            binary.len()
+        )));
+    }
+    let mut binary_outputs = if flag(obj, "binary_data_output")? {
+        BinaryOutputs::All
+    } else {
+        BinaryOutputs::None
+    };
 
     let outputs = match obj.get("outputs") {
         None | Some(Value::Null) => None,
@@ -96,8 +169,19 @@ pub fn infer_request(body: &[u8]) -> Result<InferRequest, KitError> {
             items
                 .iter()
                 .enumerate()
-                .map(|(ix, item)| match item.get("name") {
-                    Some(Value::String(s)) => Ok(s.clone()),
+                .map(|(ix, item)| match (item.get("name"), item.as_object()) {
+                    (Some(Value::String(s)), Some(obj)) => {
+                        if flag(obj, "binary_data")? {
+                            match &mut binary_outputs {
+                                BinaryOutputs::Named(names) => names.push(s.clone()),
+                                b @ BinaryOutputs::None => {
+                                    *b = BinaryOutputs::Named(vec![s.clone()])
+                                }
+                                BinaryOutputs::All => {}
+                            }
+                        }
+                        Ok(s.clone())
+                    }
                     _ => Err(KitError::bad_request(format!(
                         "outputs[{ix}] must be an object with a string \"name\""
                     ))),
@@ -116,11 +200,18 @@ pub fn infer_request(body: &[u8]) -> Result<InferRequest, KitError> {
         id,
         inputs,
         outputs,
+        binary_outputs,
     })
 }
 
 /// Decodes one OIP tensor object `{"name","shape","datatype","data"}`.
 pub fn oip_tensor(value: &Value) -> Result<Tensor, KitError> {
+    oip_tensor_from(value, &mut &[][..])
+}
+
+/// [`oip_tensor`], taking the data from the front of `binary` when the
+/// object's `parameters.binary_data_size` says so.
+fn oip_tensor_from(value: &Value, binary: &mut &[u8]) -> Result<Tensor, KitError> {
     let obj = value.as_object().ok_or_else(|| {
         KitError::bad_request(format!("expected a tensor object, got {}", kind(value)))
     })?;
@@ -151,13 +242,37 @@ pub fn oip_tensor(value: &Value) -> Result<Tensor, KitError> {
             ))));
         }
     };
-    let data = field(obj, "data").map_err(ctx)?;
     let expected = element_count(&shape).ok_or_else(|| {
         ctx(KitError::bad_request(format!(
             "shape {shape:?} is too large"
         )))
     })?;
-    let data = tensor_data(datatype, data, expected).map_err(ctx)?;
+    let size = match obj
+        .get("parameters")
+        .and_then(|p| p.get("binary_data_size"))
+    {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ctx(KitError::bad_request(format!(
+                "parameters.binary_data_size must be a byte count, got {}",
+                kind(v)
+            )))
+        })? as usize),
+    };
+    let data = match size {
+        Some(size) => {
+            if size > binary.len() {
+                return Err(ctx(KitError::bad_request(format!(
+                    "binary_data_size {size} runs past the end of the body ({} bytes left)",
+                    binary.len()
+                ))));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            TensorData::from_le_bytes(datatype, bytes).map_err(ctx)?
+        }
+        None => tensor_data(datatype, field(obj, "data").map_err(ctx)?, expected).map_err(ctx)?,
+    };
     Tensor::new(name, shape, data)
 }
 

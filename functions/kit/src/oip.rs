@@ -70,6 +70,18 @@ pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) 
         Ok(route) => route,
         Err(e) => return respond::error(&e),
     };
+    let header_length = match req.headers().get(decode::HEADER_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return respond::error(&KitError::bad_request(format!(
+                    "{} must be a byte count",
+                    decode::HEADER_LENGTH
+                )));
+            }
+        },
+    };
     let body = if route == Route::Infer && method == Method::POST {
         match req.into_body().bytes().await {
             Ok(b) => b,
@@ -86,6 +98,7 @@ pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) 
         name,
         || engine.get().map(|e| e as &dyn Engine),
         &body,
+        header_length,
     ))
 }
 
@@ -128,6 +141,7 @@ pub fn handle<'e>(
     name: &str,
     engine: impl FnOnce() -> Result<&'e dyn Engine, KitError>,
     body: &[u8],
+    header_length: Option<usize>,
 ) -> Result<Reply, KitError> {
     let allow = |allowed: &str| {
         KitError::MethodNotAllowed(format!("{method} is not allowed here (allowed: {allowed})"))
@@ -145,7 +159,7 @@ pub fn handle<'e>(
             ))
         }
         Route::Infer => {
-            let request = decode::infer_request(body)?;
+            let request = decode::infer_request_with(body, header_length)?;
             let engine = engine()?;
             let unknown = request
                 .outputs
@@ -163,11 +177,22 @@ pub fn handle<'e>(
             if let Some(wanted) = &request.outputs {
                 outputs.retain(|o| wanted.contains(&o.name));
             }
-            Ok(respond::ok(&respond::infer_body(
-                name,
-                request.id.as_deref(),
-                &outputs,
-            )))
+            if request.binary_outputs == decode::BinaryOutputs::None {
+                return Ok(respond::ok(&respond::infer_body(
+                    name,
+                    request.id.as_deref(),
+                    &outputs,
+                )));
+            }
+            let (body, header_length) =
+                respond::infer_binary_body(name, request.id.as_deref(), &outputs, |n| {
+                    request.binary_outputs.contains(n)
+                });
+            let mut reply = respond::bytes(200, "application/octet-stream", body);
+            reply
+                .headers_mut()
+                .insert(decode::HEADER_LENGTH, header_length.into());
+            Ok(reply)
         }
     }
 }

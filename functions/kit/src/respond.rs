@@ -77,6 +77,44 @@ pub fn infer_body<'a>(
     }
 }
 
+/// An OIP v2 inference response whose `binary` outputs (the binary tensor
+/// extension) carry `parameters.binary_data_size` instead of `"data"`, their
+/// little-endian bytes following the JSON in output order. Returns the body
+/// and the JSON part's length, for `Inference-Header-Content-Length`.
+pub fn infer_binary_body(
+    model_name: &str,
+    id: Option<&str>,
+    outputs: &[Tensor],
+    binary: impl Fn(&str) -> bool,
+) -> (Vec<u8>, usize) {
+    let mut tail = Vec::new();
+    let described: Vec<Value> = outputs
+        .iter()
+        .map(|t| {
+            if !binary(&t.name) {
+                return json!(t);
+            }
+            let bytes = t.data.to_le_bytes();
+            let described = json!({
+                "name": t.name,
+                "shape": t.shape,
+                "datatype": t.datatype().as_str(),
+                "parameters": { "binary_data_size": bytes.len() },
+            });
+            tail.extend_from_slice(&bytes);
+            described
+        })
+        .collect();
+    let mut head = json!({ "model_name": model_name, "model_version": "1", "outputs": described });
+    if let Some(id) = id {
+        head["id"] = json!(id);
+    }
+    let mut body = serde_json::to_vec(&head).expect("JSON values serialize");
+    let header_length = body.len();
+    body.extend_from_slice(&tail);
+    (body, header_length)
+}
+
 /// The OIP v2 model metadata body for `GET /v2/models/NAME`: dynamic dims as -1.
 pub fn metadata_body(model_name: &str, engine: &dyn Engine) -> Value {
     fn specs(specs: &[TensorSpec]) -> Vec<Value> {

@@ -391,3 +391,48 @@ fn area_resize() {
     assert_eq!(img.resize_area(2, 1), vec![10.0, 20.0]);
     assert_eq!(img.resize_area(4, 1), vec![10.0, 10.0, 20.0, 20.0]);
 }
+
+/// The binary tensor extension: a JSON header, then each binary input's
+/// little-endian bytes in input order; JSON and binary inputs can mix.
+#[test]
+fn oip_binary_tensors() {
+    let a: Vec<u8> = [1.5f32, -2.0, 3.25]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let b: Vec<u8> = [7i64, -9].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let header = json!({
+        "inputs": [
+            {"name": "a", "shape": [1, 3], "datatype": "FP32", "parameters": {"binary_data_size": 12}},
+            {"name": "c", "shape": [1], "datatype": "INT32", "data": [4]},
+            {"name": "b", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": true}}, {"name": "z"}]})
+    .to_string();
+    let body = [header.as_bytes(), &a, &b].concat();
+    let r = decode::infer_request_with(&body, Some(header.len())).unwrap();
+    assert_eq!(r.inputs[0].data, TensorData::Fp32(vec![1.5, -2.0, 3.25]));
+    assert_eq!(r.inputs[1].data, TensorData::Int32(vec![4]));
+    assert_eq!(r.inputs[2].data, TensorData::Int64(vec![7, -9]));
+    assert!(r.binary_outputs.contains("y") && !r.binary_outputs.contains("z"));
+
+    // Sizes that do not add up are 400s that say so.
+    bad(
+        decode::infer_request_with(&body[..body.len() - 1], Some(header.len())),
+        "runs past the end",
+    );
+    let extra = [&body[..], &[0u8; 3]].concat();
+    bad(
+        decode::infer_request_with(&extra, Some(header.len())),
+        "3 bytes of binary data follow",
+    );
+    bad(
+        decode::infer_request_with(&body, Some(body.len() + 1)),
+        "has only",
+    );
+    let odd = header.replace("\"binary_data_size\":12", "\"binary_data_size\":8");
+    let body = [odd.as_bytes(), &a[..8], &b].concat();
+    bad(
+        decode::infer_request_with(&body, Some(odd.len())),
+        "needs 3 values, got 2",
+    );
+}

@@ -167,7 +167,7 @@ fn oip_handle() {
     let e = Echo::new();
     let engine = || Ok(&e as &dyn Engine);
 
-    let meta = oip::handle(Route::Metadata, &Method::GET, "m", engine, b"").unwrap();
+    let meta = oip::handle(Route::Metadata, &Method::GET, "m", engine, b"", None).unwrap();
     assert_eq!(meta.status(), 200);
     assert_eq!(
         body(&meta),
@@ -176,7 +176,7 @@ fn oip_handle() {
             "outputs": [{"name": "a_out", "datatype": "FP32", "shape": [-1, 2]}, {"name": "b_out", "datatype": "INT64", "shape": [-1]}]})
     );
 
-    let ready = oip::handle(Route::Ready, &Method::GET, "m", engine, b"").unwrap();
+    let ready = oip::handle(Route::Ready, &Method::GET, "m", engine, b"", None).unwrap();
     assert_eq!(body(&ready), json!({"name": "m", "ready": true}));
 
     let req = json!({"id": "42", "inputs": [
@@ -188,6 +188,7 @@ fn oip_handle() {
         "m",
         engine,
         req.to_string().as_bytes(),
+        None,
     )
     .unwrap();
     assert_eq!(resp.status(), 200);
@@ -208,6 +209,7 @@ fn oip_handle() {
         "m",
         engine,
         req.to_string().as_bytes(),
+        None,
     )
     .unwrap();
     assert_eq!(body(&resp)["outputs"].as_array().unwrap().len(), 1);
@@ -219,12 +221,13 @@ fn oip_handle() {
             "m",
             engine,
             req.to_string().as_bytes(),
+            None,
         ),
         "unknown output 'zzz'",
     );
 
     // Errors map to statuses.
-    let err = oip::handle(Route::Infer, &Method::POST, "m", engine, b"{").unwrap_err();
+    let err = oip::handle(Route::Infer, &Method::POST, "m", engine, b"{", None).unwrap_err();
     let reply = respond::error(&err);
     assert_eq!(reply.status(), 400);
     assert!(
@@ -233,12 +236,19 @@ fn oip_handle() {
             .unwrap()
             .contains("malformed JSON")
     );
-    let err = oip::handle(Route::Infer, &Method::GET, "m", engine, b"").unwrap_err();
+    let err = oip::handle(Route::Infer, &Method::GET, "m", engine, b"", None).unwrap_err();
     assert_eq!(respond::error(&err).status(), 405);
-    let err = oip::handle(Route::Metadata, &Method::POST, "m", engine, b"").unwrap_err();
+    let err = oip::handle(Route::Metadata, &Method::POST, "m", engine, b"", None).unwrap_err();
     assert_eq!(err.status(), 405);
     let broken = || Err::<&dyn Engine, _>(KitError::internal("no model"));
-    let reply = respond::result(oip::handle(Route::Ready, &Method::GET, "m", broken, b""));
+    let reply = respond::result(oip::handle(
+        Route::Ready,
+        &Method::GET,
+        "m",
+        broken,
+        b"",
+        None,
+    ));
     assert_eq!(reply.status(), 500);
     assert_eq!(body(&reply), json!({"error": "no model"}));
     assert_eq!(respond::error(&KitError::not_found("x")).status(), 404);
@@ -424,4 +434,25 @@ fn a_graph_needing_concrete_dims_is_planned_per_shape() {
         ]),
         "dim 1 is 2",
     );
+}
+
+/// Binary outputs: the JSON part says each one's byte size, and the bytes
+/// follow in output order, after `inference-header-content-length` bytes.
+#[test]
+fn oip_binary_outputs() {
+    let outputs = [
+        Tensor::new("y", vec![2], TensorData::Fp32(vec![0.5, -1.0])).unwrap(),
+        Tensor::new("z", vec![1], TensorData::Int64(vec![3])).unwrap(),
+    ];
+    let (body, header) = respond::infer_binary_body("m", Some("7"), &outputs, |n| n == "y");
+    let head: serde_json::Value = serde_json::from_slice(&body[..header]).unwrap();
+    assert_eq!(head["id"], "7");
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 8);
+    assert!(head["outputs"][0].get("data").is_none());
+    assert_eq!(head["outputs"][1]["data"], json!([3]));
+    let y: Vec<f32> = body[header..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(y, [0.5, -1.0]);
 }

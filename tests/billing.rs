@@ -441,6 +441,40 @@ async fn timeouts_and_host_refusals_are_recorded_with_their_outcome() {
     );
 }
 
+/// A small body is sent whole once its record is durable, with its length;
+/// a 204 gets none, and both are recorded.
+#[tokio::test]
+async fn whole_responses_keep_correct_framing() {
+    let host = start("").await;
+    let r = call(&host, "/probe/counter", None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "1");
+    assert!(r.headers().get("transfer-encoding").is_none());
+    let counter_id = request_id(&r);
+    assert_eq!(r.text().await.unwrap(), "1");
+    let r = call(&host, "/probe/empty", None).await;
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    let empty_id = request_id(&r);
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    let events = host.events();
+    for (id, status, bytes_out) in [(counter_id, 200, 1), (empty_id, 204, 0)] {
+        let e = events
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .expect("a record");
+        assert_eq!(
+            (e["status"].as_u64(), e["bytes_out"].as_u64()),
+            (Some(status), Some(bytes_out)),
+            "{e}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metering_can_be_turned_off() {
     let host = start("[metering]\nenabled = false\nfuel = false\n").await;

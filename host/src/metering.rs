@@ -207,10 +207,15 @@ impl Meter {
                     }
                 }
                 parts.headers.remove(http::header::TRANSFER_ENCODING);
-                parts.headers.insert(
-                    http::header::CONTENT_LENGTH,
-                    http::HeaderValue::from(bytes_out),
-                );
+                // A length the function set stays (a HEAD answer's is the
+                // GET's); 1xx, 204 and 304 never carry one.
+                let bodiless = matches!(status, 100..=199 | 204 | 304);
+                if !bodiless && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    parts.headers.insert(
+                        http::header::CONTENT_LENGTH,
+                        http::HeaderValue::from(bytes_out),
+                    );
+                }
                 return Ok(http::Response::from_parts(
                     parts,
                     crate::invoke::full_body(whole.freeze()),

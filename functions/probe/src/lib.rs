@@ -43,6 +43,11 @@ async fn probe(req: Request) -> Reply {
             text(StatusCode::OK, format!("returned from depth {depth}?!"))
         }
         "panic" => panic!("probe panic"),
+        "empty" => reply(
+            StatusCode::NO_CONTENT,
+            "text/plain; charset=utf-8",
+            Bytes::new(),
+        ),
         "big" => big(),
         "counter" => {
             // A fresh instance per request always starts from zero.

@@ -427,24 +427,10 @@ fn binary_request(body: &[u8]) -> Result<(Vec<u8>, usize)> {
     let inputs: Vec<Value> = request
         .inputs
         .iter()
-        .map(|t| {
-            let bytes = t.data.to_le_bytes();
-            let input = json!({
-                "name": t.name,
-                "shape": t.shape,
-                "datatype": t.datatype().as_str(),
-                "parameters": { "binary_data_size": bytes.len() },
-            });
-            tail.extend_from_slice(&bytes);
-            input
-        })
+        .map(|t| kit::respond::binary_tensor(t, &mut tail))
         .collect();
-    let mut out = serde_json::to_vec(
-        &json!({ "inputs": inputs, "parameters": { "binary_data_output": true } }),
-    )?;
-    let header_length = out.len();
-    out.extend_from_slice(&tail);
-    Ok((out, header_length))
+    let head = json!({ "inputs": inputs, "parameters": { "binary_data_output": true } });
+    Ok(kit::respond::binary_body(&head, &tail))
 }
 
 /// An OIP request with deterministic pseudo-random inputs: floats in [0, 1),

@@ -91,27 +91,40 @@ pub fn infer_binary_body(
     let described: Vec<Value> = outputs
         .iter()
         .map(|t| {
-            if !binary(&t.name) {
-                return json!(t);
+            if binary(&t.name) {
+                binary_tensor(t, &mut tail)
+            } else {
+                json!(t)
             }
-            let bytes = t.data.to_le_bytes();
-            let described = json!({
-                "name": t.name,
-                "shape": t.shape,
-                "datatype": t.datatype().as_str(),
-                "parameters": { "binary_data_size": bytes.len() },
-            });
-            tail.extend_from_slice(&bytes);
-            described
         })
         .collect();
     let mut head = json!({ "model_name": model_name, "model_version": "1", "outputs": described });
     if let Some(id) = id {
         head["id"] = json!(id);
     }
-    let mut body = serde_json::to_vec(&head).expect("JSON values serialize");
+    binary_body(&head, &tail)
+}
+
+/// A tensor's binary-extension description, `{"name","shape","datatype",
+/// "parameters":{"binary_data_size"}}`, its bytes appended to `tail`.
+pub fn binary_tensor(t: &Tensor, tail: &mut Vec<u8>) -> Value {
+    let bytes = t.data.to_le_bytes();
+    let described = json!({
+        "name": t.name,
+        "shape": t.shape,
+        "datatype": t.datatype().as_str(),
+        "parameters": { "binary_data_size": bytes.len() },
+    });
+    tail.extend_from_slice(&bytes);
+    described
+}
+
+/// `head` as JSON followed by `tail`; returns the body and the JSON's length
+/// (the `Inference-Header-Content-Length`).
+pub fn binary_body(head: &Value, tail: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = serde_json::to_vec(head).expect("JSON values serialize");
     let header_length = body.len();
-    body.extend_from_slice(&tail);
+    body.extend_from_slice(tail);
     (body, header_length)
 }
 

@@ -67,29 +67,16 @@ impl Backend for TractBackend {
 /// A wasi-nn tensor as a kit tensor. BF16 has no kit type and is widened to
 /// FP32 exactly; every other type maps one to one.
 pub fn to_kit(name: String, t: NnTensor) -> Result<Tensor, NnError> {
-    let (datatype, width) = match t.ty {
-        TensorType::Fp16 => (DataType::Fp16, 2),
-        TensorType::Bf16 => (DataType::Fp32, 2),
-        TensorType::Fp32 => (DataType::Fp32, 4),
-        TensorType::I32 => (DataType::Int32, 4),
-        TensorType::Fp64 => (DataType::Fp64, 8),
-        TensorType::I64 => (DataType::Int64, 8),
-        TensorType::U8 => (DataType::Uint8, 1),
+    check_bytes(&name, &t)?;
+    let datatype = match t.ty {
+        TensorType::Fp16 => DataType::Fp16,
+        TensorType::Bf16 | TensorType::Fp32 => DataType::Fp32,
+        TensorType::I32 => DataType::Int32,
+        TensorType::Fp64 => DataType::Fp64,
+        TensorType::I64 => DataType::Int64,
+        TensorType::U8 => DataType::Uint8,
     };
     let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| NnError::invalid(format!("input '{name}': dimensions overflow")))?;
-    if t.data.len() != elements.saturating_mul(width) {
-        return Err(NnError::invalid(format!(
-            "input '{name}': {:?} {:?} needs {} bytes, got {}",
-            t.ty,
-            t.dimensions,
-            elements.saturating_mul(width),
-            t.data.len()
-        )));
-    }
     let data = match t.ty {
         TensorType::Bf16 => TensorData::Fp32(
             t.data
@@ -101,6 +88,31 @@ pub fn to_kit(name: String, t: NnTensor) -> Result<Tensor, NnError> {
             .map_err(|e| NnError::invalid(e.message().to_string()))?,
     };
     Tensor::new(name, shape, data).map_err(|e| NnError::invalid(e.message().to_string()))
+}
+
+/// Whether `t`'s bytes are exactly its dimensions' worth of its type; every
+/// backend checks this before reading them.
+pub fn check_bytes(name: &str, t: &NnTensor) -> Result<(), NnError> {
+    let width: usize = match t.ty {
+        TensorType::U8 => 1,
+        TensorType::Fp16 | TensorType::Bf16 => 2,
+        TensorType::Fp32 | TensorType::I32 => 4,
+        TensorType::Fp64 | TensorType::I64 => 8,
+    };
+    let needed = t
+        .dimensions
+        .iter()
+        .try_fold(width, |n, &d| n.checked_mul(d as usize))
+        .ok_or_else(|| NnError::invalid(format!("input '{name}': dimensions overflow")))?;
+    if t.data.len() != needed {
+        return Err(NnError::invalid(format!(
+            "input '{name}': {:?} {:?} needs {needed} bytes, got {}",
+            t.ty,
+            t.dimensions,
+            t.data.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A kit tensor as a wasi-nn tensor. INT8 and BOOL have no wasi-nn type and

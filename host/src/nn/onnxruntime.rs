@@ -320,25 +320,7 @@ fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
 /// INT8 (two's complement) and BOOL (0/1), which wasi-nn does not have.
 fn to_value(name: &str, ty: TensorElementType, t: NnTensor) -> Result<DynValue, NnError> {
     use TensorElementType as E;
-    let width = match t.ty {
-        TensorType::U8 => 1,
-        TensorType::Fp16 | TensorType::Bf16 => 2,
-        TensorType::Fp32 | TensorType::I32 => 4,
-        TensorType::Fp64 | TensorType::I64 => 8,
-    };
-    let elements = t
-        .dimensions
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
-    if elements.and_then(|n| n.checked_mul(width)) != Some(t.data.len()) {
-        return Err(NnError::invalid(format!(
-            "input '{name}': {:?} {:?} needs {} bytes, got {}",
-            t.ty,
-            t.dimensions,
-            elements.unwrap_or(usize::MAX).saturating_mul(width),
-            t.data.len()
-        )));
-    }
+    super::backend::check_bytes(name, &t)?;
     let d = &t.dimensions;
     match (ty, t.ty) {
         (E::Float32, TensorType::Fp32) => tensor(name, d, le(&t.data, f32::from_le_bytes)),

@@ -94,7 +94,9 @@ async fn keys_gate_app_routes_once_one_exists() {
     let (status, msg) = error_body(missing).await;
     assert_eq!(status, 401);
     assert!(msg.contains("Authorization: Bearer"), "{msg}");
-    let bad = format!("{}0", &key[..key.len() - 1]);
+    // Flip the last hex digit, so the key is always wrong by one character.
+    let last = if key.ends_with('0') { '1' } else { '0' };
+    let bad = format!("{}{last}", &key[..key.len() - 1]);
     let (status, msg) = error_body(call(&host, "/hello", Some(&bad)).await).await;
     assert_eq!((status, msg.as_str()), (401, "the API key is not valid"));
     let (status, _) = error_body(call(&host, "/hello", Some("not-a-key")).await).await;

@@ -10,6 +10,9 @@
 //!   tract, or ONNX Runtime with `--threads` intra-op threads; loaded once);
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
+//!
+//! The kinds take turns, [`BLOCK`] calls at a time, so drift in the
+//! machine's speed over the run falls on all of them alike.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +30,9 @@ use crate::sandbox::{self, Capabilities};
 
 /// The name the model is served under inside the benchmark.
 const NAME: &str = "bench";
+
+/// Calls of one kind in a row before the next kind's turn.
+const BLOCK: usize = 10;
 
 /// `edgeinfer bench`'s arguments.
 #[derive(clap::Args)]
@@ -125,12 +131,6 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         ))?)
     };
     let reference: Value = serde_json::from_slice(&native_once(&body, None)?)?;
-    let mut native = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
-        native_once(&timed_body, header_length)?;
-        native.push(started.elapsed());
-    }
 
     // The sandbox: the generic function baked with this model, planned for
     // these input shapes (as `models add --shape` would have it).
@@ -153,16 +153,15 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         req.body(full_body(body.to_vec())).expect("a valid request")
     };
     let request = || post(&timed_body, header_length);
-    // The first call in an instance is JSON, checked against native; the
+    // Each warm instance's first call is JSON, checked against native; the
     // timed ones are `timed_body`.
-    let calls = || (0..n + 1).map(|i| if i == 0 { post(&body, None) } else { request() });
-    let warm = runnable.time_in_one_instance(calls()).await?;
-    check_same(&reference, &warm[0].1, "in the sandbox")?;
-    // The first call in the instance is its cold one; keep the rest.
-    let wasm: Vec<Duration> = warm[1..].iter().map(|(d, _)| *d).collect();
-
-    let mut cold = Vec::with_capacity(n);
-    for _ in 0..n {
+    let warm = runnable.warm_instance().await?;
+    check_same(
+        &reference,
+        &warm.call(post(&body, None)).await?.1,
+        "in the sandbox",
+    )?;
+    let cold_once = async || -> Result<Duration> {
         let started = Instant::now();
         let response = runnable
             .handle(request())
@@ -173,14 +172,15 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("reading the response: {e:?}"))?
             .to_bytes();
-        cold.push(started.elapsed());
+        let elapsed = started.elapsed();
         if !status.is_success() {
             bail!(
                 "the sandboxed model answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
             );
         }
-    }
+        Ok(elapsed)
+    };
 
     // wasi:nn: the host runs the model; the function only converts tensors.
     let nn_component = opts.component.with_file_name("oip_nn.wasm");
@@ -204,16 +204,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         .into_iter()
         .map(|t| (t.name.clone(), crate::nn::from_kit(t)))
         .collect();
-    let mut direct = Vec::with_capacity(n);
-    for i in 0..n + 1 {
+    let direct_once = || -> Result<Duration> {
         let started = Instant::now();
         backend
             .run(tensors.clone())
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", backend.name()))?;
-        if i > 0 {
-            direct.push(started.elapsed());
-        }
-    }
+        Ok(started.elapsed())
+    };
+    direct_once()?;
     let nn_runnable = |max_batch: usize| -> Result<Arc<Runnable>> {
         let config = crate::nn::NnModelConfig {
             max_batch_size: max_batch as u32,
@@ -232,9 +230,39 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         };
         ready(opts, caps, &nn_component)
     };
-    let timed = nn_runnable(1)?.time_in_one_instance(calls()).await?;
-    check_same(&reference, &timed[0].1, "through wasi:nn")?;
-    let wasi_nn: Vec<Duration> = timed[1..].iter().map(|(d, _)| *d).collect();
+    let nn_warm = nn_runnable(1)?.warm_instance().await?;
+    check_same(
+        &reference,
+        &nn_warm.call(post(&body, None)).await?.1,
+        "through wasi:nn",
+    )?;
+
+    // Every way in turn, a block of calls each, so that the machine's drift
+    // over the run touches them all alike and their ratios hold, while
+    // within a block each way runs with its own data in cache, as a model
+    // in steady use does.
+    let (mut native, mut wasm, mut cold, mut wasi_nn, mut direct) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    while native.len() < n {
+        let block = BLOCK.min(n - native.len());
+        for _ in 0..block {
+            let started = Instant::now();
+            native_once(&timed_body, header_length)?;
+            native.push(started.elapsed());
+        }
+        for _ in 0..block {
+            wasm.push(warm.call(request()).await?.0);
+        }
+        for _ in 0..block {
+            cold.push(cold_once().await?);
+        }
+        for _ in 0..block {
+            wasi_nn.push(nn_warm.call(request()).await?.0);
+        }
+        for _ in 0..block {
+            direct.push(direct_once()?);
+        }
+    }
 
     // Throughput with `concurrency` calls in flight, each in a fresh instance.
     let mut throughput = Value::Null;

@@ -26,6 +26,31 @@ pub struct Runnable {
     timeout: Duration,
 }
 
+/// A call for a [`WarmInstance`], and where its timing and body go.
+type WarmCall = (
+    Request,
+    oneshot::Sender<anyhow::Result<(Duration, bytes::Bytes)>>,
+);
+
+/// An instance serving calls in turn; see [`Runnable::warm_instance`].
+pub struct WarmInstance {
+    calls: tokio::sync::mpsc::Sender<WarmCall>,
+}
+
+impl WarmInstance {
+    /// `req` answered by the instance: the time to its whole body, and the body.
+    pub async fn call(&self, req: Request) -> anyhow::Result<(Duration, bytes::Bytes)> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send((req, reply))
+            .await
+            .map_err(|_| anyhow::anyhow!("the warm instance has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the warm instance has stopped"))?
+    }
+}
+
 /// Why a guest produced no response.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestFailure {
@@ -217,38 +242,43 @@ impl Runnable {
         Ok(store)
     }
 
-    /// Runs `requests` one after another in ONE instance and times each
-    /// (head and whole body). Not a serving path: requests share the instance's
-    /// state. `edgeinfer bench` uses it to time inference warm in the sandbox.
-    pub async fn time_in_one_instance(
-        &self,
-        requests: impl IntoIterator<Item = Request>,
-    ) -> anyhow::Result<Vec<(Duration, bytes::Bytes)>> {
+    /// One instance kept alive to serve calls one after another: how
+    /// `edgeinfer bench` times warm calls between cold ones. Not a serving
+    /// path: the calls share the instance's state.
+    pub async fn warm_instance(&self) -> anyhow::Result<WarmInstance> {
         let mut store = self.new_store(Arc::new(MemoryStats::default()), Default::default())?;
         // No deadline: the epoch clock just yields.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let proxy = self.pre.instantiate_async(&mut store).await?;
-        let requests: Vec<Request> = requests.into_iter().collect();
-        let timed = store
-            .run_concurrent(async |accessor| {
-                let mut timed = Vec::new();
-                for req in requests {
-                    let started = Instant::now();
-                    let (tx, rx) = oneshot::channel();
-                    let prepared = prepare(accessor, &proxy, req, tx)?;
-                    let (ran, response) =
-                        futures::join!(prepared.run(accessor, std::future::pending()), async {
-                            let response = rx.await??;
-                            let body = response.into_body().collect().await?.to_bytes();
-                            wasmtime::Result::<_>::Ok(body)
-                        });
-                    ran?;
-                    timed.push((started.elapsed(), response?));
-                }
-                wasmtime::Result::<_>::Ok(timed)
-            })
-            .await??;
-        Ok(timed)
+        let (calls, mut queue) = tokio::sync::mpsc::channel::<WarmCall>(1);
+        tokio::spawn(async move {
+            let served = store
+                .run_concurrent(async move |accessor| {
+                    while let Some((req, reply)) = queue.recv().await {
+                        let started = Instant::now();
+                        let (tx, rx) = oneshot::channel();
+                        let prepared = prepare(accessor, &proxy, req, tx)?;
+                        let (ran, body) =
+                            futures::join!(prepared.run(accessor, std::future::pending()), async {
+                                let response = rx.await??;
+                                let body = response.into_body().collect().await?.to_bytes();
+                                wasmtime::Result::<_>::Ok(body)
+                            });
+                        let timed = ran.and(body).map(|body| (started.elapsed(), body));
+                        let failed = timed.is_err();
+                        let _ = reply.send(timed.map_err(anyhow::Error::from));
+                        if failed {
+                            break;
+                        }
+                    }
+                    wasmtime::Result::<()>::Ok(())
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = format!("{e:#}"), "the warm instance failed");
+            }
+        });
+        Ok(WarmInstance { calls })
     }
 
     fn pre_engine(&self) -> &wasmtime::Engine {

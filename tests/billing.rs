@@ -414,7 +414,9 @@ async fn a_tenant_reads_only_its_own_usage() {
 
 #[tokio::test]
 async fn timeouts_and_host_refusals_are_recorded_with_their_outcome() {
-    let host = start("[component.probe]\ntimeout_ms = 300\nmax_body_kb = 1\n").await;
+    let host =
+        start("[metering]\nfuel = true\n[component.probe]\ntimeout_ms = 300\nmax_body_kb = 1\n")
+            .await;
     let r = call(&host, "/probe/loop", None).await;
     assert_eq!(r.status(), 504);
     let timeout_id = request_id(&r);
@@ -474,6 +476,8 @@ async fn whole_responses_keep_correct_framing() {
             (Some(status), Some(bytes_out)),
             "{e}"
         );
+        // Nothing prices fuel here, so it is not counted (it costs guest speed).
+        assert_eq!(e["fuel"], 0, "{e}");
     }
 }
 

@@ -394,9 +394,9 @@ async fn sandboxed(opts: &BenchOptions, model: &[u8], shapes: &str) -> Result<Ar
 }
 
 /// `component` compiled (or mapped from the cache) and pre-instantiated on a
-/// pooling engine with fuel on, as `edgeinfer up` serves by default.
+/// pooling engine without fuel, as `edgeinfer up` serves unless fuel is priced.
 fn ready(opts: &BenchOptions, caps: Capabilities, component: &Path) -> Result<Arc<Runnable>> {
-    let engine = new_engine(&PoolSettings::default(), true)?;
+    let engine = new_engine(&PoolSettings::default(), false)?;
     // Leaked on purpose: the clock must outlive every instance of this run.
     std::mem::forget(EpochClock::start(engine.clone()));
     let compiled = CompileCache::new(&engine, &opts.state_dir).load(&engine, component)?;

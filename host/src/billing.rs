@@ -67,6 +67,13 @@ pub struct Rates {
 }
 
 impl BillingConfig {
+    /// Whether any rate charges for fuel, so fuel must be counted.
+    pub fn prices_fuel(&self) -> bool {
+        std::iter::once(&self.rates)
+            .chain(self.component.values())
+            .any(|r| r.per_million_fuel.is_some_and(|p| p > Decimal::ZERO))
+    }
+
     pub fn rates(&self, component: &str) -> Rates {
         let over = self.component.get(component);
         let pick = |f: fn(&RateOverrides) -> Option<Decimal>| {
@@ -344,6 +351,15 @@ mod tests {
         assert_eq!(d.per_nn_compute_ms_gpu, "0.5".parse().unwrap());
         assert_eq!(d.currency, "EUR");
         assert!(toml::from_str::<BillingConfig>("per_call = -1").is_err());
+    }
+
+    #[test]
+    fn fuel_is_priced_by_any_rate_above_zero() {
+        let priced = |t: &str| toml::from_str::<BillingConfig>(t).unwrap().prices_fuel();
+        assert!(!priced("per_call = 0.1"));
+        assert!(!priced("per_million_fuel = 0.0"));
+        assert!(priced("per_million_fuel = 0.01"));
+        assert!(priced("[component.x]\nper_million_fuel = 0.01"));
     }
 
     #[test]

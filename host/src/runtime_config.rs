@@ -43,10 +43,10 @@ pub struct MeteringSettings {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Count wasmtime fuel, a deterministic CPU measure. It makes guest code
-    /// slower (see the README's benchmark), so it can be turned off; then
-    /// records carry `fuel = 0`. Read at startup only.
-    #[serde(default = "yes")]
-    pub fuel: bool,
+    /// 10-20% slower (see the README's benchmark), so when unset it is
+    /// counted only if `[billing]` prices it (`per_million_fuel` above zero
+    /// anywhere); records not counted carry `fuel = 0`. Read at startup only.
+    pub fuel: Option<bool>,
     /// This host's name in records; defaults to the machine's host name.
     pub node: Option<String>,
 }
@@ -55,7 +55,7 @@ impl Default for MeteringSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            fuel: true,
+            fuel: None,
             node: None,
         }
     }
@@ -141,6 +141,14 @@ impl ComponentSettings {
 }
 
 impl RuntimeConfig {
+    /// Whether the engine counts fuel: as `[metering] fuel` says, else
+    /// when the billing table prices it.
+    pub fn counts_fuel(&self) -> bool {
+        self.metering
+            .fuel
+            .unwrap_or_else(|| self.billing.prices_fuel())
+    }
+
     /// Loads `path`, checking it against the manifest. A missing file means defaults.
     pub fn load(path: &Path, manifest: &Manifest, required: bool) -> Result<Self, ConfigError> {
         let pool = crate::engine::pool_instances();

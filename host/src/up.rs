@@ -47,7 +47,7 @@ fn open_meter(plan: &Plan, state_dir: &Path, db: Option<&Path>) -> Result<Meter>
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into())
     });
-    tracing::info!(db = %db.display(), metering = settings.enabled, fuel = settings.fuel, %node, "ledger");
+    tracing::info!(db = %db.display(), metering = settings.enabled, fuel = plan.runtime.counts_fuel(), %node, "ledger");
     Ok(Meter {
         node,
         ledger,
@@ -71,7 +71,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     }
 
     let pool = plan.pool_settings();
-    let engine = new_engine(&pool, plan.runtime.metering.fuel)?;
+    let engine = new_engine(&pool, plan.runtime.counts_fuel())?;
     let meter = Arc::new(open_meter(&plan, &state_dir, opts.db.as_deref())?);
     let _epochs = EpochClock::start(engine.clone());
     let drain = plan
@@ -98,7 +98,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         runtime_config: opts.runtime_config.clone(),
         state_dir: state_dir.clone(),
         pool_memory_bytes: pool.max_memory_bytes,
-        fuel: plan.runtime.metering.fuel,
+        fuel: plan.runtime.counts_fuel(),
         watched: watch_list(&plan, opts.runtime_config.as_deref()),
     };
     // Changes made while the app loads are picked up by the first poll.
@@ -239,8 +239,8 @@ impl Reloader {
                     pool_memory_bytes >> 20
                 );
             }
-            if plan.runtime.metering.fuel != fuel {
-                tracing::warn!("[metering] fuel changed; it takes effect when edgeinfer restarts");
+            if plan.runtime.counts_fuel() != fuel {
+                tracing::warn!("whether fuel is counted changed ([metering] fuel, or fuel pricing); it takes effect when edgeinfer restarts");
             }
             let watched = watch_list(&plan, runtime_config.as_deref());
             let app = App::load_after(plan, &engine, &state_dir, previous.as_deref())?;

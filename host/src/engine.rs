@@ -62,6 +62,11 @@ pub fn new_engine(pool: &PoolSettings, fuel: bool) -> Result<Engine> {
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.epoch_interruption(true);
+    // `EDGEINFER_PROFILE=perfmap` names guest functions for `perf`, as
+    // `wasmtime --profile=perfmap` does.
+    if std::env::var("EDGEINFER_PROFILE").is_ok_and(|v| v == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
 
     let mut pooling = PoolingAllocationConfig::new();
     // spin-sdk components are built of a handful of core modules, each with

@@ -8,6 +8,10 @@
 //! - `wasi_nn`: the same request to the generic `oip-nn` function, one warm
 //!   instance, with the model run by the host through `wasi:nn` (`--backend`:
 //!   tract, or ONNX Runtime with `--threads` intra-op threads; loaded once);
+//! - `compute`: within each `wasi_nn` call, the time the backend ran on the
+//!   host's compute pool, as the meter counts it; `wasi_nn` less this is what
+//!   the call costs around the model (the guest's decoding and encoding, and
+//!   handing the tensors to the pool and back);
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
 //!
@@ -241,8 +245,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     // over the run touches them all alike and their ratios hold, while
     // within a block each way runs with its own data in cache, as a model
     // in steady use does.
-    let (mut native, mut wasm, mut cold, mut wasi_nn, mut direct) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut wasm, mut cold, mut wasi_nn, mut compute, mut direct) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     while native.len() < n {
         let block = BLOCK.min(n - native.len());
         for _ in 0..block {
@@ -257,7 +267,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             cold.push(cold_once().await?);
         }
         for _ in 0..block {
+            let before = nn_warm.nn_compute();
             wasi_nn.push(nn_warm.call(request()).await?.0);
+            compute.push(nn_warm.nn_compute() - before);
         }
         for _ in 0..block {
             direct.push(direct_once()?);
@@ -302,6 +314,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "native_us": Summary::of(native),
         "wasm_us": Summary::of(wasm),
         "wasi_nn_us": Summary::of(wasi_nn),
+        "wasi_nn_compute_us": Summary::of(compute),
         "backend": { "name": backend.name(), "threads": opts.threads },
         "backend_us": Summary::of(direct),
         "cold_us": Summary::of(cold),
@@ -331,6 +344,7 @@ fn print_table(report: &Value) {
         ("wasm", "wasm_us"),
         ("cold", "cold_us"),
         ("wasi-nn", "wasi_nn_us"),
+        ("  compute", "wasi_nn_compute_us"),
         ("backend", "backend_us"),
     ] {
         let s = &report[key];
@@ -343,7 +357,8 @@ fn print_table(report: &Value) {
         println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
     }
     println!(
-        "(wasi-nn and backend: {}, {} thread(s); backend = the host backend called directly)",
+        "(wasi-nn and backend: {}, {} thread(s); compute = the backend's share of each wasi-nn \
+         call, on the host's compute pool; backend = the host backend called directly)",
         report["backend"]["name"].as_str().unwrap_or_default(),
         report["backend"]["threads"]
     );

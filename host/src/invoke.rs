@@ -35,6 +35,7 @@ type WarmCall = (
 /// An instance serving calls in turn; see [`Runnable::warm_instance`].
 pub struct WarmInstance {
     calls: tokio::sync::mpsc::Sender<WarmCall>,
+    nn_usage: Arc<crate::nn::NnUsage>,
 }
 
 impl WarmInstance {
@@ -48,6 +49,15 @@ impl WarmInstance {
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the warm instance has stopped"))?
+    }
+
+    /// The instance's `wasi:nn` compute time so far, as the meter counts it.
+    pub fn nn_compute(&self) -> Duration {
+        Duration::from_micros(
+            self.nn_usage
+                .compute_us
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
 
@@ -246,7 +256,8 @@ impl Runnable {
     /// `edgeinfer bench` times warm calls between cold ones. Not a serving
     /// path: the calls share the instance's state.
     pub async fn warm_instance(&self) -> anyhow::Result<WarmInstance> {
-        let mut store = self.new_store(Arc::new(MemoryStats::default()), Default::default())?;
+        let nn_usage = Arc::new(crate::nn::NnUsage::default());
+        let mut store = self.new_store(Arc::new(MemoryStats::default()), nn_usage.clone())?;
         // No deadline: the epoch clock just yields.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let proxy = self.pre.instantiate_async(&mut store).await?;
@@ -278,7 +289,7 @@ impl Runnable {
                 tracing::warn!(error = format!("{e:#}"), "the warm instance failed");
             }
         });
-        Ok(WarmInstance { calls })
+        Ok(WarmInstance { calls, nn_usage })
     }
 
     fn pre_engine(&self) -> &wasmtime::Engine {

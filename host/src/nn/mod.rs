@@ -80,14 +80,17 @@ impl Model {
             .await
             .map_err(|_| wasmtime::format_err!("the compute pool is closed"))?;
         let backend = self.backend.clone();
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
+        // Timed on the pool thread: the meter bills the model's run, not the
+        // hand-offs to the pool and back.
+        let (result, took) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            backend.run(inputs)
+            let started = Instant::now();
+            let result = backend.run(inputs);
+            (result, started.elapsed())
         })
         .await
         .map_err(|e| wasmtime::format_err!("the compute task failed: {e}"))?;
-        Ok((result, started.elapsed()))
+        Ok((result, took))
     }
 }
 

@@ -249,23 +249,22 @@ fn write_loop(
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        if batch.len() >= BUSY_GROUP {
-            // Busy: sleep, then take what came meanwhile, so one sync covers
-            // more calls. Asleep, not waiting on the queue: senders to a
-            // waiting receiver would each pay a wake-up.
-            std::thread::sleep(COMMIT_DELAY);
+        // Whatever is queued, without waiting.
+        let take_queued = |batch: &mut Vec<Pending>| {
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(p) => batch.push(p),
                     Err(_) => break,
                 }
             }
+        };
+        take_queued(&mut batch);
+        if batch.len() >= BUSY_GROUP {
+            // Busy: sleep, then take what came meanwhile, so one sync covers
+            // more calls. Asleep, not waiting on the queue: senders to a
+            // waiting receiver would each pay a wake-up.
+            std::thread::sleep(COMMIT_DELAY);
+            take_queued(&mut batch);
         }
         let result = segment.append(batch.iter().map(|p| &p.record));
         if let Err(e) = &result {

@@ -147,7 +147,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         .join(";");
     let runnable = sandboxed(opts, &bytes, &shapes).await?;
     let post = |body: &[u8], header_length: Option<usize>| {
-        let mut req = http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"));
+        // With its length, as any HTTP client sends it.
+        let mut req = http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"))
+            .header("content-length", body.len());
         req = match header_length {
             Some(h) => req
                 .header("content-type", "application/octet-stream")
@@ -242,39 +244,30 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     )?;
 
     // Every way in turn, a block of calls each, so that the machine's drift
-    // over the run touches them all alike and their ratios hold, while
-    // within a block each way runs with its own data in cache, as a model
-    // in steady use does.
-    let (mut native, mut wasm, mut cold, mut wasi_nn, mut compute, mut direct) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    // over the run touches them all alike and their ratios hold. Within a
+    // block each way runs as a model in steady use does: its first call is
+    // not timed, so that none is timed on caches the other ways just filled.
+    let (mut native, mut wasm, mut cold, mut wasi_nn, mut direct) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     while native.len() < n {
         let block = BLOCK.min(n - native.len());
-        for _ in 0..block {
+        timed_block(block, &mut native, async || {
             let started = Instant::now();
             native_once(&timed_body, header_length)?;
-            native.push(started.elapsed());
-        }
-        for _ in 0..block {
-            wasm.push(warm.call(request()).await?.0);
-        }
-        for _ in 0..block {
-            cold.push(cold_once().await?);
-        }
-        for _ in 0..block {
+            Ok(started.elapsed())
+        })
+        .await?;
+        timed_block(block, &mut wasm, async || Ok(warm.call(request()).await?.0)).await?;
+        timed_block(block, &mut cold, cold_once).await?;
+        timed_block(block, &mut wasi_nn, async || {
             let before = nn_warm.nn_compute();
-            wasi_nn.push(nn_warm.call(request()).await?.0);
-            compute.push(nn_warm.nn_compute() - before);
-        }
-        for _ in 0..block {
-            direct.push(direct_once()?);
-        }
+            let took = nn_warm.call(request()).await?.0;
+            Ok((took, nn_warm.nn_compute() - before))
+        })
+        .await?;
+        timed_block(block, &mut direct, async || direct_once()).await?;
     }
+    let (wasi_nn, compute): (Vec<Duration>, Vec<Duration>) = wasi_nn.into_iter().unzip();
 
     // Throughput with `concurrency` calls in flight, each in a fresh instance.
     let mut throughput = Value::Null;
@@ -324,6 +317,19 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         println!("{report}");
     } else {
         print_table(&report);
+    }
+    Ok(())
+}
+
+/// One way's turn: a call to warm it up, then `n` calls whose results are kept.
+async fn timed_block<T>(
+    n: usize,
+    into: &mut Vec<T>,
+    mut call: impl AsyncFnMut() -> Result<T>,
+) -> Result<()> {
+    call().await?;
+    for _ in 0..n {
+        into.push(call().await?);
     }
     Ok(())
 }

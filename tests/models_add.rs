@@ -108,8 +108,14 @@ async fn added_models_match_onnx_runtime_over_oip() {
             common::infer_matches_reference(&host, name, case).await;
             common::infer_matches_reference(&host, &nn, case).await;
         }
-        // Tract in the sandbox takes OIP binary tensors too.
-        common::binary_infer_matches_reference(&host, name, &reference[0]).await;
+        // Tract in the sandbox takes OIP binary tensors too, streamed in chunks.
+        common::binary_infer_matches_reference(
+            &host,
+            name,
+            &reference[0],
+            common::Framing::Chunked,
+        )
+        .await;
     }
 }
 

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    App, Host, artifacts, binary_infer_matches_reference, infer_matches_reference, manifest,
-    read_json, repo,
+    App, Framing, Host, artifacts, binary_infer_matches_reference, infer_matches_reference,
+    manifest, read_json, repo,
 };
 use serde_json::{Value, json};
 
@@ -80,8 +80,11 @@ async fn every_model_matches(host: &Host, backend: &str) {
         for case in cases {
             infer_matches_reference(host, name, case).await;
         }
-        // And the same tensors as OIP binary data, both ways.
-        binary_infer_matches_reference(host, name, &cases[0]).await;
+        // And the same tensors as OIP binary data, both ways, with the body
+        // sized up front and streamed in chunks.
+        for framing in [Framing::Length, Framing::Chunked] {
+            binary_infer_matches_reference(host, name, &cases[0], framing).await;
+        }
         let meta: Value = host.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(meta["backend"]["name"], "wasi-nn", "{meta}");
         // Each model loaded once, at startup.

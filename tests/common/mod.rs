@@ -368,9 +368,24 @@ pub fn assert_close(name: &str, got: &serde_json::Value, want: &serde_json::Valu
     }
 }
 
+/// How a request body travels.
+#[derive(Debug, Clone, Copy)]
+pub enum Framing {
+    /// With `Content-Length`, in one piece.
+    Length,
+    /// `Transfer-Encoding: chunked` in 4 KiB chunks: the length is known only
+    /// at the end.
+    Chunked,
+}
+
 /// `infer_matches_reference`, with the tensors both ways as OIP binary data
 /// (`Inference-Header-Content-Length`, `binary_data_size`).
-pub async fn binary_infer_matches_reference(host: &Host, model: &str, case: &serde_json::Value) {
+pub async fn binary_infer_matches_reference(
+    host: &Host,
+    model: &str,
+    case: &serde_json::Value,
+    framing: Framing,
+) {
     use serde_json::{Value, json};
     fn le_bytes(datatype: &str, data: &[Value]) -> Vec<u8> {
         data.iter()
@@ -425,7 +440,7 @@ pub async fn binary_infer_matches_reference(host: &Host, model: &str, case: &ser
         .post(host.url(&format!("/v2/models/{model}/infer")))
         .header("content-type", "application/octet-stream")
         .header("inference-header-content-length", header.len())
-        .body([header.as_bytes(), &tail].concat())
+        .body(framed([header.as_bytes(), &tail].concat(), framing))
         .send()
         .await
         .unwrap();
@@ -456,4 +471,15 @@ pub async fn binary_infer_matches_reference(host: &Host, model: &str, case: &ser
         );
     }
     assert_eq!(at, body.len(), "no bytes after the last output");
+}
+
+fn framed(body: Vec<u8>, framing: Framing) -> reqwest::Body {
+    match framing {
+        Framing::Length => body.into(),
+        Framing::Chunked => {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                body.chunks(4096).map(|c| Ok(c.to_vec())).collect();
+            reqwest::Body::wrap_stream(tokio_stream::iter(chunks))
+        }
+    }
 }

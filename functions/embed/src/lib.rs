@@ -34,7 +34,6 @@ use kit::respond::{self, Reply};
 use kit::tensor::Tensor;
 use serde::Serialize;
 use serde_json::Value;
-use spin_sdk::http::body::IncomingBodyExt as _;
 use spin_sdk::http::{Method, Request};
 use spin_sdk::http_service;
 use tokenizers::Tokenizer;
@@ -108,9 +107,9 @@ async fn embed(req: Request) -> Reply {
             req.method()
         )));
     }
-    match req.into_body().bytes().await {
+    match kit::body::read_all(req).await {
         Ok(body) => respond::result(embeddings(&body).map(|r| respond::ok(&r))),
-        Err(e) => respond::error(&KitError::bad_request(format!("reading the body: {e:?}"))),
+        Err(e) => respond::error(&e),
     }
 }
 

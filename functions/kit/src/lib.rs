@@ -4,6 +4,7 @@
 //! hands `/v2/models/...` to [`oip::serve`].
 //!
 //! - [`tensor`]: kit-owned tensors in the OIP datatypes.
+//! - [`body`]: reading a request body whole.
 //! - [`decode`]: JSON, OIP inference requests, raw bytes, PNG.
 //! - [`engine`]: the [`Engine`](engine::Engine) trait, input checks, the tract engine.
 //! - [`respond`]: JSON replies, OIP responses and metadata, errors.
@@ -16,6 +17,7 @@
 //! kit::export_wizer_init!(|| MODEL.init());
 //! ```
 
+pub mod body;
 pub mod decode;
 pub mod engine;
 mod error;

@@ -7,7 +7,6 @@
 //! and a 404 JSON for any other model name or sub-path under `/v2/models/`.
 //! The path may carry a prefix before `/v2/models/` (whatever the host routed).
 
-use spin_sdk::http::body::IncomingBodyExt as _;
 use spin_sdk::http::{Method, Request};
 
 use crate::KitError;
@@ -83,11 +82,9 @@ pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) 
         },
     };
     let body = if route == Route::Infer && method == Method::POST {
-        match req.into_body().bytes().await {
+        match crate::body::read_all(req).await {
             Ok(b) => b,
-            Err(e) => {
-                return respond::error(&KitError::bad_request(format!("reading the body: {e:?}")));
-            }
+            Err(e) => return respond::error(&e),
         }
     } else {
         Default::default()
@@ -128,9 +125,9 @@ pub async fn serve_model<E: Engine>(
         )));
     }
     let headers = req.headers().clone();
-    match req.into_body().bytes().await {
+    match crate::body::read_all(req).await {
         Ok(body) => respond::result(handle(&headers, &body)),
-        Err(e) => respond::error(&KitError::bad_request(format!("reading the body: {e:?}"))),
+        Err(e) => respond::error(&e),
     }
 }
 

@@ -108,7 +108,7 @@ pub fn infer_binary_body(
 /// A tensor's binary-extension description, `{"name","shape","datatype",
 /// "parameters":{"binary_data_size"}}`, its bytes appended to `tail`.
 pub fn binary_tensor(t: &Tensor, tail: &mut Vec<u8>) -> Value {
-    let bytes = t.data.to_le_bytes();
+    let bytes = t.data.le_bytes();
     let described = json!({
         "name": t.name,
         "shape": t.shape,

@@ -4,6 +4,7 @@
 use half::f16;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
+use std::borrow::Cow;
 
 use crate::KitError;
 
@@ -143,16 +144,19 @@ impl TensorData {
     }
 
     /// The elements as little-endian bytes (BOOL as 0/1): the layout
-    /// wasi:nn tensors carry.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        fn bytes<T: Number, const N: usize>(v: &[T], f: fn(&T) -> [u8; N]) -> Vec<u8> {
+    /// wasi:nn tensors carry. Borrowed where the memory already is that
+    /// (numbers on a little-endian target), so a large tensor is not copied
+    /// on its way out of the sandbox.
+    pub fn le_bytes(&self) -> Cow<'_, [u8]> {
+        fn bytes<T: Number, const N: usize>(v: &[T], f: fn(&T) -> [u8; N]) -> Cow<'_, [u8]> {
             if cfg!(target_endian = "little") {
                 // SAFETY: `T` is a plain number of `N` bytes (see `Number`),
                 // already little-endian in memory on this target.
-                return unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * N) }
-                    .to_vec();
+                return Cow::Borrowed(unsafe {
+                    std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * N)
+                });
             }
-            v.iter().flat_map(f).collect()
+            Cow::Owned(v.iter().flat_map(f).collect())
         }
         match self {
             TensorData::Fp32(v) => bytes(v, |x| x.to_le_bytes()),
@@ -160,9 +164,9 @@ impl TensorData {
             TensorData::Fp16(v) => bytes(v, |x| x.to_le_bytes()),
             TensorData::Int64(v) => bytes(v, |x| x.to_le_bytes()),
             TensorData::Int32(v) => bytes(v, |x| x.to_le_bytes()),
-            TensorData::Int8(v) => v.iter().map(|&x| x as u8).collect(),
-            TensorData::Uint8(v) => v.clone(),
-            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            TensorData::Int8(v) => Cow::Owned(v.iter().map(|&x| x as u8).collect()),
+            TensorData::Uint8(v) => Cow::Borrowed(v),
+            TensorData::Bool(v) => Cow::Owned(v.iter().map(|&b| u8::from(b)).collect()),
         }
     }
 
@@ -173,7 +177,7 @@ impl TensorData {
             raw: &[u8],
             f: fn([u8; N]) -> T,
         ) -> Result<Vec<T>, KitError> {
-            if raw.len() % N != 0 {
+            if !raw.len().is_multiple_of(N) {
                 return Err(KitError::bad_request(format!(
                     "{} bytes is not a whole number of {N}-byte elements",
                     raw.len()

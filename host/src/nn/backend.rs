@@ -129,6 +129,6 @@ pub fn from_kit(t: Tensor) -> NnTensor {
     NnTensor {
         dimensions: t.shape.iter().map(|&d| d as u32).collect(),
         ty,
-        data: t.data.to_le_bytes(),
+        data: t.data.le_bytes().into_owned(),
     }
 }

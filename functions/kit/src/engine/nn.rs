@@ -69,7 +69,7 @@ fn to_nn(t: &Tensor) -> Result<NnTensor, KitError> {
         .map(|&d| u32::try_from(d))
         .collect::<Result<Vec<u32>, _>>()
         .map_err(|_| KitError::bad_request(format!("input '{}': a dim is too large", t.name)))?;
-    Ok(NnTensor::new(&dims, ty, &t.data.to_le_bytes()))
+    Ok(NnTensor::new(&dims, ty, &t.data.le_bytes()))
 }
 
 fn from_nn(name: String, t: &NnTensor) -> Result<Tensor, KitError> {

@@ -37,8 +37,10 @@ async fn start(runtime_config: &str) -> Host {
         .await
 }
 
-/// `keys create` prints the key as its last line.
-fn new_key(host: &Host, tenant: &str, extra: &[&str]) -> (String, String) {
+/// `keys create` prints the key as its last line. Returns once the host
+/// knows the key (it re-reads keys every 200 ms): `/v1/usage`, which bills
+/// nothing, stops answering 401 to it.
+async fn new_key(host: &Host, tenant: &str, extra: &[&str]) -> (String, String) {
     let mut args = vec!["keys", "create", "--tenant", tenant];
     args.extend_from_slice(extra);
     let out = host.cli(&args);
@@ -48,6 +50,18 @@ fn new_key(host: &Host, tenant: &str, extra: &[&str]) -> (String, String) {
         .and_then(|k| k.split_once('_'))
         .map(|(id, _)| id.to_string())
         .expect("a key looks like ei_<id>_<secret>");
+    let start = Instant::now();
+    while call(host, "/v1/usage?from=2000-01-01&to=2100-01-01", Some(&key))
+        .await
+        .status()
+        == 401
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the host never learned key {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (id, key)
 }
 
@@ -86,7 +100,7 @@ async fn keys_gate_app_routes_once_one_exists() {
     assert_eq!(call(&host, "/hello", None).await.status(), 200);
 
     host.cli(&["tenants", "create", "acme"]);
-    let (id, key) = new_key(&host, "acme", &[]);
+    let (id, key) = new_key(&host, "acme", &[]).await;
     wait_status(&host, "/hello", None, 401).await;
 
     let missing = call(&host, "/hello", None).await;
@@ -137,7 +151,7 @@ async fn keys_gate_app_routes_once_one_exists() {
 async fn a_key_scoped_to_one_component_gets_403_elsewhere() {
     let host = start("").await;
     host.cli(&["tenants", "create", "acme"]);
-    let (id, key) = new_key(&host, "acme", &["--component", "hello"]);
+    let (id, key) = new_key(&host, "acme", &["--component", "hello"]).await;
     wait_status(&host, "/hello", None, 401).await;
     assert_eq!(call(&host, "/hello", Some(&key)).await.status(), 200);
     let (status, msg) = error_body(call(&host, "/probe/request", Some(&key)).await).await;
@@ -161,8 +175,8 @@ async fn quotas_answer_429_with_retry_after() {
     let host = start("[billing]\nper_call = 0.0000005\n").await;
     host.cli(&["tenants", "create", "slow", "--requests-per-minute", "3"]);
     host.cli(&["tenants", "create", "thrifty", "--monthly-cap", "0.000001"]);
-    let (_, slow) = new_key(&host, "slow", &[]);
-    let (_, thrifty) = new_key(&host, "thrifty", &[]);
+    let (_, slow) = new_key(&host, "slow", &[]).await;
+    let (_, thrifty) = new_key(&host, "thrifty", &[]).await;
     wait_status(&host, "/hello", None, 401).await;
 
     early_in_a_minute().await;
@@ -358,8 +372,8 @@ async fn a_tenant_reads_only_its_own_usage() {
     for t in ["a", "b"] {
         host.cli(&["tenants", "create", t]);
     }
-    let (_, a) = new_key(&host, "a", &[]);
-    let (_, b) = new_key(&host, "b", &[]);
+    let (_, a) = new_key(&host, "a", &[]).await;
+    let (_, b) = new_key(&host, "b", &[]).await;
     wait_status(&host, "/hello", None, 401).await;
     let mut ids_a = Vec::new();
     for _ in 0..3 {

@@ -251,12 +251,8 @@ fn write_loop(
         let mut batch = vec![first];
         // Whatever is queued, without waiting.
         let take_queued = |batch: &mut Vec<Pending>| {
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
+            let room = MAX_BATCH.saturating_sub(batch.len());
+            batch.extend(rx.try_iter().take(room));
         };
         take_queued(&mut batch);
         if batch.len() >= BUSY_GROUP {

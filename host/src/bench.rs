@@ -15,8 +15,9 @@
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
 //!
-//! The kinds take turns, [`BLOCK`] calls at a time, so drift in the
-//! machine's speed over the run falls on all of them alike.
+//! The kinds take turns, [`BLOCK`] calls at a time after one untimed call,
+//! so drift in the machine's speed over the run falls on all of them alike
+//! and none is timed on caches another kind just filled.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -8,10 +8,10 @@
 //! - `wasi_nn`: the same request to the generic `oip-nn` function, one warm
 //!   instance, with the model run by the host through `wasi:nn` (`--backend`:
 //!   tract, or ONNX Runtime with `--threads` intra-op threads; loaded once);
-//! - `compute`: within each `wasi_nn` call, the time the backend ran on the
-//!   host's compute pool, as the meter counts it; `wasi_nn` less this is what
-//!   the call costs around the model (the guest's decoding and encoding, and
-//!   handing the tensors to the pool and back);
+//! - `compute`: within each `wasi_nn` call, the time the backend ran (on the
+//!   instance's core, see [`crate::cores`]), as the meter counts it;
+//!   `wasi_nn` less this is what the call costs around the model (the
+//!   guest's decoding and encoding, and moving the tensors in and out);
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
 //!
@@ -365,7 +365,7 @@ fn print_table(report: &Value) {
     }
     println!(
         "(wasi-nn and backend: {}, {} thread(s); compute = the backend's share of each wasi-nn \
-         call, on the host's compute pool; backend = the host backend called directly)",
+         call, run on the instance's core; backend = the host backend called directly)",
         report["backend"]["name"].as_str().unwrap_or_default(),
         report["backend"]["threads"]
     );

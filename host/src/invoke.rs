@@ -158,7 +158,7 @@ impl Runnable {
 
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
-        let run = tokio::spawn(async move {
+        let run = crate::cores::spawn(async move {
             let _guard = guard;
             let instance = async {
                 let proxy = this.pre.instantiate_async(&mut store).await?;
@@ -262,7 +262,7 @@ impl Runnable {
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let proxy = self.pre.instantiate_async(&mut store).await?;
         let (calls, mut queue) = tokio::sync::mpsc::channel::<WarmCall>(1);
-        tokio::spawn(async move {
+        crate::cores::spawn(async move {
             let served = store
                 .run_concurrent(async move |accessor| {
                     while let Some((req, reply)) = queue.recv().await {

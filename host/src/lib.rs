@@ -2,7 +2,7 @@
 //!
 //! Layers, outermost first: `server` (HTTP, routing, errors, `/metrics`) →
 //! `admission` (per-component concurrency and queue) → `invoke`
-//! (instance per request, deadlines) → `sandbox` (capabilities a guest may
+//! (instance per request, deadlines, run on one of the `cores`) → `sandbox` (capabilities a guest may
 //! import) → `engine` (wasmtime engine, compile cache). `manifest`,
 //! `runtime_config` and `variables` read the app; `app` ties them together.
 //! `metering` records every call in the `ledger`; `tenants` checks API keys
@@ -14,6 +14,7 @@ pub mod bake;
 pub mod bench;
 pub mod billing;
 pub mod build;
+pub mod cores;
 pub mod engine;
 pub mod invoke;
 pub mod ledger;

@@ -4,9 +4,11 @@
 //! Models are the host's: declared under `[nn.models.NAME]` in
 //! edgeinfer.toml, loaded once when the app loads, and shared by every
 //! instance of every component (`load-by-name`). `load` with bytes is cached
-//! by sha256. `compute` is async: it runs on the blocking pool, at most one
-//! per core at a time, never on the HTTP runtime's threads, and its time is
-//! counted for the meter. Bad shapes and types come back to the guest as
+//! by sha256. `compute` never runs on the HTTP runtime's threads: called
+//! from an instance, it runs on that instance's core (see `crate::cores`);
+//! from elsewhere, on the blocking pool, at most one per core at a time.
+//! Batched models run on their batcher's threads. Its time is counted for
+//! the meter. Bad shapes and types come back to the guest as
 //! `invalid-argument` errors, never as traps.
 //!
 //! wasmtime-wasi-nn's backend trait is synchronous and keyed by encoding, so
@@ -73,6 +75,13 @@ impl Model {
     )> {
         if let Some(batcher) = &self.batcher {
             return Ok(batcher.compute(inputs).await);
+        }
+        if crate::cores::on_core() {
+            // The instance's own core: its thread is ours to block, and
+            // staying here saves two cross-CPU hand-offs per call.
+            let started = Instant::now();
+            let result = self.backend.run(inputs);
+            return Ok((result, started.elapsed()));
         }
         let permit = slots
             .clone()

@@ -6,8 +6,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 struct Core {
     handle: Handle,
     /// Tasks spawned here and not yet finished.
-    load: Arc<AtomicUsize>,
+    load: AtomicUsize,
 }
 
 thread_local! {
@@ -46,12 +46,12 @@ fn start(i: usize) -> Core {
         .expect("spawning an instance thread");
     Core {
         handle,
-        load: Arc::new(AtomicUsize::new(0)),
+        load: AtomicUsize::new(0),
     }
 }
 
 /// Decrements a core's load when its task ends, however it ends.
-struct Loaded(Arc<AtomicUsize>);
+struct Loaded(&'static AtomicUsize);
 
 impl Drop for Loaded {
     fn drop(&mut self) {
@@ -70,7 +70,7 @@ where
         .min_by_key(|c| c.load.load(Ordering::Relaxed))
         .expect("at least one core");
     core.load.fetch_add(1, Ordering::Relaxed);
-    let loaded = Loaded(core.load.clone());
+    let loaded = Loaded(&core.load);
     core.handle.spawn(async move {
         let _loaded = loaded;
         task.await

@@ -2,9 +2,10 @@
 //!
 //! Layers, outermost first: `server` (HTTP, routing, errors, `/metrics`) →
 //! `admission` (per-component concurrency and queue) → `invoke`
-//! (instance per request, deadlines, run on one of the `cores`) → `sandbox` (capabilities a guest may
-//! import) → `engine` (wasmtime engine, compile cache). `manifest`,
-//! `runtime_config` and `variables` read the app; `app` ties them together.
+//! (instance per request, deadlines, run on one of the `cores`) → `sandbox`
+//! (capabilities a guest may import) → `engine` (wasmtime engine, compile
+//! cache). `manifest`, `runtime_config` and `variables` read the app; `app`
+//! ties them together.
 //! `metering` records every call in the `ledger`; `tenants` checks API keys
 //! and quotas; `billing` prices calls and writes reports.
 

@@ -302,6 +302,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         throughput = json!({ "concurrency": opts.concurrency, "calls_per_s": rps });
     }
 
+    // Cold less warm, call by call: the k-th cold call against the k-th warm
+    // one of the same round, so that the machine's drift cancels out.
+    let cold_over_warm = paired_difference(&cold, &wasm);
     let report = json!({
         "model": opts.model.display().to_string(),
         "iterations": n,
@@ -312,6 +315,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "backend": { "name": backend.name(), "threads": opts.threads },
         "backend_us": Summary::of(direct),
         "cold_us": Summary::of(cold),
+        "cold_over_warm_us": cold_over_warm,
         "wasi_nn_throughput": throughput,
     });
     if opts.json {
@@ -320,6 +324,21 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// p50 and p99 of `a[k] - b[k]` in µs (signed: cold can beat warm).
+fn paired_difference(a: &[Duration], b: &[Duration]) -> Summary {
+    let mut d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
+        .collect();
+    d.sort_by(f64::total_cmp);
+    let at = |q: f64| d[((d.len() as f64 - 1.0) * q).round() as usize];
+    Summary {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
 }
 
 /// One way's turn: a call to warm it up, then `n` calls whose results are kept.
@@ -363,6 +382,13 @@ fn print_table(report: &Value) {
         let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
         println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
     }
+    let d = &report["cold_over_warm_us"];
+    println!(
+        "{:<10} {:>12.1} {:>12.1}  (cold less wasm, call by call)",
+        "cold-wasm",
+        d["p50"].as_f64().unwrap_or(f64::NAN),
+        d["p99"].as_f64().unwrap_or(f64::NAN)
+    );
     println!(
         "(wasi-nn and backend: {}, {} thread(s); compute = the backend's share of each wasi-nn \
          call, run on the instance's core; backend = the host backend called directly)",

@@ -43,9 +43,10 @@ import json, sys
 m, ort, ours = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 o, n, w, c, x = ort["ort_us"], ours["native_us"], ours["wasm_us"], ours["cold_us"], ours["wasi_nn_us"]
 k = ours["wasi_nn_compute_us"]
+d = ours["cold_over_warm_us"]
 print(f"{m:18} {o['p50']:9.0f} {o['p99']:9.0f} {n['p50']:9.0f} {n['p99']:9.0f} {w['p50']:9.0f} {w['p99']:9.0f} "
       f"{c['p50']:9.0f} {c['p99']:9.0f} {x['p50']:9.0f} {x['p99']:9.0f} {k['p50']:9.0f} | {n['p50']/o['p50']:7.2f}x "
-      f"{w['p50']/n['p50']:7.2f}x {x['p50']/n['p50']:7.2f}x {k['p50']/n['p50']:7.2f}x {(c['p50']-w['p50'])/1000:6.2f}ms")
+      f"{w['p50']/n['p50']:7.2f}x {x['p50']/n['p50']:7.2f}x {k['p50']/n['p50']:7.2f}x {d['p50']/1000:6.2f}ms")
 EOF
 done
 echo "(µs)"

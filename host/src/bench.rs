@@ -84,12 +84,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(mut samples: Vec<Duration>) -> Summary {
-        samples.sort();
-        let at = |q: f64| {
-            let ix = ((samples.len() as f64 - 1.0) * q).round() as usize;
-            samples[ix].as_secs_f64() * 1e6
-        };
+    fn of(samples: Vec<Duration>) -> Summary {
+        Self::of_us(samples.iter().map(|d| d.as_secs_f64() * 1e6).collect())
+    }
+
+    fn of_us(mut us: Vec<f64>) -> Summary {
+        us.sort_by(f64::total_cmp);
+        let at = |q: f64| us[((us.len() as f64 - 1.0) * q).round() as usize];
         Summary {
             p50: at(0.50),
             p99: at(0.99),
@@ -328,17 +329,12 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
 
 /// p50 and p99 of `a[k] - b[k]` in µs (signed: cold can beat warm).
 fn paired_difference(a: &[Duration], b: &[Duration]) -> Summary {
-    let mut d: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
-        .collect();
-    d.sort_by(f64::total_cmp);
-    let at = |q: f64| d[((d.len() as f64 - 1.0) * q).round() as usize];
-    Summary {
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    Summary::of_us(
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a.as_secs_f64() - b.as_secs_f64()) * 1e6)
+            .collect(),
+    )
 }
 
 /// One way's turn: a call to warm it up, then `n` calls whose results are kept.

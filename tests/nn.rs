@@ -101,11 +101,11 @@ async fn every_model_matches(host: &Host, backend: &str) {
             metric(
                 host,
                 "edgeinfer_inference_duration_seconds_count",
-                &format!("model=\"{name}\",backend=\"{backend}\"")
+                &format!("model=\"{name}\",backend=\"{backend}\",runs_on=\"core\"")
             )
             .await
                 >= cases.len() as f64 + 1.0,
-            "{name} ran on {backend}"
+            "{name} ran on {backend}, on the calling instance's core"
         );
     }
     let computed: Vec<Value> = host
@@ -134,10 +134,21 @@ async fn one_shared_model_serves_concurrent_instances() {
         metric(
             &host,
             "edgeinfer_inference_duration_seconds_count",
-            "model=\"digits\",backend=\"tract\""
+            "model=\"digits\",backend=\"tract\",runs_on=\"core\""
         )
         .await
-            >= 24.0
+            >= 24.0,
+        "every call ran inline on its instance's core"
+    );
+    assert_eq!(
+        metric(
+            &host,
+            "edgeinfer_inference_duration_seconds_count",
+            "model=\"digits\",backend=\"tract\",runs_on=\"pool\""
+        )
+        .await,
+        0.0,
+        "no call went to the blocking pool"
     );
     // The meter has the host's compute time for every call.
     let events = host.events();
@@ -264,6 +275,16 @@ async fn batched_calls_each_get_their_own_answer() {
     let sum = metric(&host, "edgeinfer_batch_size_sum", "model=\"digits\"").await;
     let batches = metric(&host, "edgeinfer_batch_size_count", "model=\"digits\"").await;
     assert_eq!(sum, 32.0, "every call went through the batcher once");
+    assert_eq!(
+        metric(
+            &host,
+            "edgeinfer_inference_duration_seconds_count",
+            "model=\"digits\",backend=\"tract\",runs_on=\"batch\""
+        )
+        .await,
+        32.0,
+        "each caller's compute is counted once, as run by the batcher"
+    );
     assert!(
         batches < 32.0,
         "some calls were batched together: {batches} batches"

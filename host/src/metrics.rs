@@ -43,9 +43,12 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelBackendLabels {
+pub struct InferenceLabels {
     pub model: String,
     pub backend: String,
+    /// `core` (inline on the calling instance's core), `pool` (the blocking
+    /// pool) or `batch` (a batcher's thread): see `nn::Model::compute`.
+    pub runs_on: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,9 +133,9 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<ComponentLabel>,
     /// `edgeinfer_queue_duration_seconds{component}`: admission wait, admitted requests only.
     pub queue_duration: HistogramFamily<ComponentLabel>,
-    /// `edgeinfer_inference_duration_seconds{model,backend}`: host-side (wasi-nn)
+    /// `edgeinfer_inference_duration_seconds{model,backend,runs_on}`: host-side (wasi-nn)
     /// inference, one sample per `compute`.
-    pub inference_duration: HistogramFamily<ModelBackendLabels>,
+    pub inference_duration: HistogramFamily<InferenceLabels>,
     /// `edgeinfer_pending_requests{component}`: waiting in the admission queue.
     pub pending: Family<ComponentLabel, Gauge>,
     /// `edgeinfer_instances{component}`: instances alive now (until their body is done).
@@ -179,7 +182,7 @@ impl Metrics {
             Unit::Seconds,
             Listed(queue_duration.clone()),
         );
-        let inference_duration: HistogramFamily<ModelBackendLabels> =
+        let inference_duration: HistogramFamily<InferenceLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "inference_duration",
@@ -290,11 +293,18 @@ impl Metrics {
             .inc();
     }
 
-    pub fn observe_inference(&self, model: &str, backend: &str, took: std::time::Duration) {
+    pub fn observe_inference(
+        &self,
+        model: &str,
+        backend: &str,
+        runs_on: &'static str,
+        took: std::time::Duration,
+    ) {
         self.inference_duration
-            .get_or_create(&ModelBackendLabels {
+            .get_or_create(&InferenceLabels {
                 model: model.to_string(),
                 backend: backend.to_string(),
+                runs_on,
             })
             .observe(took.as_secs_f64());
     }

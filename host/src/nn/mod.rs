@@ -63,25 +63,44 @@ pub struct Model {
     pub batcher: Option<batch::Batcher>,
 }
 
+/// Where a `compute` ran, for `edgeinfer_inference_duration_seconds{runs_on}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunsOn {
+    /// Inline on the core thread of the instance that called it.
+    Core,
+    /// On the blocking pool (a caller not on a core).
+    Pool,
+    /// On the model's batcher, with other calls.
+    Batch,
+}
+
+impl RunsOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunsOn::Core => "core",
+            RunsOn::Pool => "pool",
+            RunsOn::Batch => "batch",
+        }
+    }
+}
+
 impl Model {
-    /// Runs `inputs`; returns the outputs and the compute time to bill.
+    /// Runs `inputs`; returns the outputs, the compute time to bill and
+    /// where it ran.
     async fn compute(
         &self,
         inputs: Vec<(String, NnTensor)>,
         slots: &Arc<tokio::sync::Semaphore>,
-    ) -> wasmtime::Result<(
-        Result<Vec<(String, NnTensor)>, NnError>,
-        std::time::Duration,
-    )> {
+    ) -> wasmtime::Result<(batch::Outcome, RunsOn)> {
         if let Some(batcher) = &self.batcher {
-            return Ok(batcher.compute(inputs).await);
+            return Ok((batcher.compute(inputs).await, RunsOn::Batch));
         }
         if crate::cores::on_core() {
             // The instance's own core: its thread is ours to block, and
             // staying here saves two cross-CPU hand-offs per call.
             let started = Instant::now();
             let result = self.backend.run(inputs);
-            return Ok((result, started.elapsed()));
+            return Ok(((result, started.elapsed()), RunsOn::Core));
         }
         let permit = slots
             .clone()
@@ -99,7 +118,7 @@ impl Model {
         })
         .await
         .map_err(|e| wasmtime::format_err!("the compute task failed: {e}"))?;
-        Ok((result, took))
+        Ok(((result, took), RunsOn::Pool))
     }
 }
 
@@ -323,7 +342,7 @@ impl bindings::wasi::nn::inference::HostGraphExecutionContext for NnView<'_> {
         for (name, t) in inputs {
             tensors.push((name, self.table.delete(t)?));
         }
-        let (result, took) = model
+        let ((result, took), runs_on) = model
             .compute(tensors, &self.ctx.registry.compute_slots)
             .await?;
         let usage = &self.ctx.usage;
@@ -334,7 +353,12 @@ impl bindings::wasi::nn::inference::HostGraphExecutionContext for NnView<'_> {
         if model.target == Target::Gpu {
             usage.gpu.store(true, Ordering::Relaxed);
         }
-        crate::metrics::global().observe_inference(&model.name, model.backend.name(), took);
+        crate::metrics::global().observe_inference(
+            &model.name,
+            model.backend.name(),
+            runs_on.as_str(),
+            took,
+        );
         match result {
             Ok(outputs) => {
                 let mut out = Vec::with_capacity(outputs.len());

@@ -46,9 +46,7 @@ pub struct RejectLabels {
 pub struct InferenceLabels {
     pub model: String,
     pub backend: String,
-    /// `core` (inline on the calling instance's core), `pool` (the blocking
-    /// pool) or `batch` (a batcher's thread): see `nn::Model::compute`.
-    pub runs_on: &'static str,
+    pub runs_on: RunsOn,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +91,32 @@ impl prometheus_client::encoding::EncodeLabelValue for RejectReason {
     ) -> Result<(), std::fmt::Error> {
         use std::fmt::Write as _;
         encoder.write_str(self.as_str())
+    }
+}
+
+/// Where a wasi-nn `compute` ran (`edgeinfer_inference_duration_seconds{runs_on}`);
+/// see `nn::Model::compute`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RunsOn {
+    /// Inline on the core thread of the instance that called it.
+    Core,
+    /// On the blocking pool (a caller not on a core).
+    Pool,
+    /// On the model's batcher, with other calls.
+    Batch,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for RunsOn {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(match self {
+            Self::Core => "core",
+            Self::Pool => "pool",
+            Self::Batch => "batch",
+        })
     }
 }
 
@@ -297,7 +321,7 @@ impl Metrics {
         &self,
         model: &str,
         backend: &str,
-        runs_on: &'static str,
+        runs_on: RunsOn,
         took: std::time::Duration,
     ) {
         self.inference_duration

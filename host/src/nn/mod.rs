@@ -29,6 +29,8 @@ use anyhow::Result;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+use crate::metrics::RunsOn;
+
 pub use backend::{Backend, NnTensor, TractBackend, from_kit};
 pub use config::{BackendKind, NnModelConfig, Target};
 
@@ -61,27 +63,6 @@ pub struct Model {
     pub target: Target,
     /// Set when `max_batch_size` > 1: concurrent calls are run together.
     pub batcher: Option<batch::Batcher>,
-}
-
-/// Where a `compute` ran, for `edgeinfer_inference_duration_seconds{runs_on}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunsOn {
-    /// Inline on the core thread of the instance that called it.
-    Core,
-    /// On the blocking pool (a caller not on a core).
-    Pool,
-    /// On the model's batcher, with other calls.
-    Batch,
-}
-
-impl RunsOn {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunsOn::Core => "core",
-            RunsOn::Pool => "pool",
-            RunsOn::Batch => "batch",
-        }
-    }
 }
 
 impl Model {
@@ -356,7 +337,7 @@ impl bindings::wasi::nn::inference::HostGraphExecutionContext for NnView<'_> {
         crate::metrics::global().observe_inference(
             &model.name,
             model.backend.name(),
-            runs_on.as_str(),
+            runs_on,
             took,
         );
         match result {

@@ -43,9 +43,14 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InferenceLabels {
+pub struct ModelBackendLabels {
     pub model: String,
     pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelRunsOnLabels {
+    pub model: String,
     pub runs_on: RunsOn,
 }
 
@@ -94,7 +99,7 @@ impl prometheus_client::encoding::EncodeLabelValue for RejectReason {
     }
 }
 
-/// Where a wasi-nn `compute` ran (`edgeinfer_inference_duration_seconds{runs_on}`);
+/// Where a wasi-nn `compute` ran (`edgeinfer_nn_computes_total{runs_on}`);
 /// see `nn::Model::compute`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RunsOn {
@@ -157,9 +162,9 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<ComponentLabel>,
     /// `edgeinfer_queue_duration_seconds{component}`: admission wait, admitted requests only.
     pub queue_duration: HistogramFamily<ComponentLabel>,
-    /// `edgeinfer_inference_duration_seconds{model,backend,runs_on}`: host-side (wasi-nn)
+    /// `edgeinfer_inference_duration_seconds{model,backend}`: host-side (wasi-nn)
     /// inference, one sample per `compute`.
-    pub inference_duration: HistogramFamily<InferenceLabels>,
+    pub inference_duration: HistogramFamily<ModelBackendLabels>,
     /// `edgeinfer_pending_requests{component}`: waiting in the admission queue.
     pub pending: Family<ComponentLabel, Gauge>,
     /// `edgeinfer_instances{component}`: instances alive now (until their body is done).
@@ -179,6 +184,9 @@ pub struct Metrics {
     pub reloads: Family<Vec<(String, String)>, Counter>,
     /// `edgeinfer_nn_model_loads_total{model}`: host-owned models loaded.
     pub nn_model_loads: Family<ModelLabel, Counter>,
+    /// `edgeinfer_nn_computes_total{model,runs_on}`: wasi-nn computes by
+    /// where they ran (apart from the contract's duration histogram).
+    pub nn_computes: Family<ModelRunsOnLabels, Counter>,
 }
 
 impl Metrics {
@@ -206,7 +214,7 @@ impl Metrics {
             Unit::Seconds,
             Listed(queue_duration.clone()),
         );
-        let inference_duration: HistogramFamily<InferenceLabels> =
+        let inference_duration: HistogramFamily<ModelBackendLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "inference_duration",
@@ -266,6 +274,12 @@ impl Metrics {
             "Host-owned (wasi-nn) models loaded",
             Listed(nn_model_loads.clone()),
         );
+        let nn_computes = Family::<ModelRunsOnLabels, Counter>::default();
+        registry.register(
+            "nn_computes",
+            "Host-side (wasi-nn) computes, by where they ran",
+            Listed(nn_computes.clone()),
+        );
         Self {
             registry,
             requests,
@@ -281,6 +295,7 @@ impl Metrics {
             batch_size,
             reloads,
             nn_model_loads,
+            nn_computes,
         }
     }
 
@@ -325,12 +340,17 @@ impl Metrics {
         took: std::time::Duration,
     ) {
         self.inference_duration
-            .get_or_create(&InferenceLabels {
+            .get_or_create(&ModelBackendLabels {
                 model: model.to_string(),
                 backend: backend.to_string(),
-                runs_on,
             })
             .observe(took.as_secs_f64());
+        self.nn_computes
+            .get_or_create(&ModelRunsOnLabels {
+                model: model.to_string(),
+                runs_on,
+            })
+            .inc();
     }
 
     pub fn record_reload(&self, ok: bool) {

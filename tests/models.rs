@@ -442,6 +442,21 @@ async fn embed_rejects_bad_input_with_a_reason() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+    // A dynamic dim past the kit's bound (tract plans with dims in
+    // 1..=2^24); a zero-sized second dim keeps the body empty.
+    let huge = |name: &str| json!({"name": name, "shape": [(1 << 24) + 1, 0], "datatype": "INT64", "data": []});
+    let resp = host
+        .client
+        .post(host.url(&format!("/v2/models/{EMBED_MODEL}/infer")))
+        .json(
+            &json!({"inputs": [huge("input_ids"), huge("attention_mask"), huge("token_type_ids")]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("over the limit of 16777216"), "{text}");
     let resp = host.get(&format!("/v2/models/{EMBED_MODEL}/nosuch")).await;
     assert_eq!(resp.status(), 404);
 

@@ -37,6 +37,14 @@ impl TensorSpec {
     }
 }
 
+/// The largest size a dynamic dim may take. tract plans a model with symbolic
+/// dims only as well as it can bound them: with each dim known to lie in
+/// `1..=MAX_DYNAMIC_DIM` it can prove that a `[batch, seq, 384]` tensor is big
+/// enough for its vectorized element-wise kernels and matmul fusions, and
+/// without an upper bound it cannot bound a product of two dims at all.
+/// 2^24 keeps `batch * seq * width` inside i64 for widths up to 2^14.
+pub const MAX_DYNAMIC_DIM: usize = 1 << 24;
+
 /// Runs a model on kit tensors.
 pub trait Engine {
     fn inputs(&self) -> &[TensorSpec];
@@ -52,7 +60,7 @@ pub trait Engine {
 }
 
 /// Checks `inputs` against `specs` (names, datatypes, ranks, fixed dims; dynamic
-/// dims must be non-zero) and returns them in the order of `specs`. Every engine
+/// dims must be in `1..=MAX_DYNAMIC_DIM`) and returns them in the order of `specs`. Every engine
 /// calls this before running, so a bad request never reaches the model.
 pub fn check_inputs(specs: &[TensorSpec], inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KitError> {
     let expected = || {
@@ -134,6 +142,12 @@ pub fn check_input(spec: &TensorSpec, t: &Tensor) -> Result<(), KitError> {
             }
             None if got == 0 => {
                 return fail(format!("shape {:?}: dim {ix} is empty", t.shape));
+            }
+            None if got > MAX_DYNAMIC_DIM => {
+                return fail(format!(
+                    "shape {:?}: dim {ix} is {got}, over the limit of {MAX_DYNAMIC_DIM} for a dynamic dim",
+                    t.shape
+                ));
             }
             _ => {}
         }

@@ -6,6 +6,8 @@
 #
 # Usage: tests/bench/onnxruntime.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet)
 # Env:   ITERATIONS (default 200), THREADS (default 1),
+#        BINARY=1 (send the tensors as OIP binary data, not JSON, so that the
+#        guest does not spend wasi-nn's time parsing numbers),
 #        EDGEINFER_BIN (default: target/release/edgeinfer built --features onnxruntime)
 set -euo pipefail
 
@@ -34,7 +36,7 @@ for m in "${models[@]}"; do
   py=$("$PYTHON" models/bench.py "$m" --json --runs "$ITERATIONS" --threads "$THREADS")
   ours=$("$EDGEINFER_BIN" bench "models/$m/model.onnx" --input "$tmp/req.json" \
     --backend onnxruntime --threads "$THREADS" \
-    --iterations "$ITERATIONS" --state-dir target/bench-state --json)
+    --iterations "$ITERATIONS" --state-dir target/bench-state --json ${BINARY:+--binary})
   "$PYTHON" - "$m" "$py" "$ours" <<'PY'
 import json, sys
 m, py, ours = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])

@@ -246,17 +246,17 @@ fn write_loop(
     stopped: mpsc::SyncSender<()>,
     path: &str,
 ) {
-    let mut last_sync: Option<Instant> = None;
+    // When the next sync may start.
+    let mut next_sync = Instant::now();
     while let Ok(first) = rx.recv() {
-        let due = last_sync.map(|t| t + SYNC_INTERVAL);
-        if let Some(wait) = due.and_then(|d| d.checked_duration_since(Instant::now())) {
+        if let Some(wait) = next_sync.checked_duration_since(Instant::now()) {
             // Asleep, not waiting on the queue: senders to a waiting receiver
             // would each pay a wake-up.
             std::thread::sleep(wait);
         }
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        last_sync = Some(Instant::now());
+        next_sync = Instant::now() + SYNC_INTERVAL;
         let result = segment.append(batch.iter().map(|p| &p.record));
         if let Err(e) = &result {
             tracing::error!(

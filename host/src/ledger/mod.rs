@@ -204,6 +204,9 @@ const MAX_BATCH: usize = 1024;
 /// throughput while the CPUs idled.
 const SYNC_INTERVAL: Duration = Duration::from_micros(250);
 
+/// A sync this slow is logged: the disk, not the host, held those calls up.
+const SLOW_SYNC: Duration = Duration::from_millis(50);
+
 /// How often the ingester looks for new lines: rarely enough that each pass
 /// is one large transaction, often enough that the journal stays short.
 const INGEST_EVERY: Duration = Duration::from_millis(250);
@@ -215,14 +218,14 @@ impl SqliteLedger {
         let conn = open(path)?;
         journal::catch_up(&conn)
             .with_context(|| format!("ingesting the journal of {}", path.display()))?;
-        let segment = journal::Segment::create(&journal::dir_for(path))?;
+        let journal = journal::Writer::open(&journal::dir_for(path))?;
         let (tx, rx) = mpsc::channel::<Pending>();
         // Closed when the writer ends, which tells the ingester to stop.
         let (stopped, stop) = mpsc::sync_channel::<()>(1);
         let shown = path.display().to_string();
         std::thread::Builder::new()
             .name("ledger".into())
-            .spawn(move || write_loop(segment, rx, stopped, &shown))
+            .spawn(move || write_loop(journal, rx, stopped, &shown))
             .context("starting the ledger writer")?;
         let shown = path.display().to_string();
         std::thread::Builder::new()
@@ -241,7 +244,7 @@ impl SqliteLedger {
 }
 
 fn write_loop(
-    mut segment: journal::Segment,
+    mut journal: journal::Writer,
     rx: mpsc::Receiver<Pending>,
     stopped: mpsc::SyncSender<()>,
     path: &str,
@@ -257,7 +260,17 @@ fn write_loop(
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
         next_sync = Instant::now() + SYNC_INTERVAL;
-        let result = segment.append(batch.iter().map(|p| &p.record));
+        let started = Instant::now();
+        let result = journal.append(batch.iter().map(|p| &p.record));
+        if started.elapsed() >= SLOW_SYNC {
+            // Every call in the group waited this long: worth a line.
+            tracing::warn!(
+                ledger = path,
+                ms = started.elapsed().as_millis() as u64,
+                records = batch.len(),
+                "slow ledger sync"
+            );
+        }
         if let Err(e) = &result {
             tracing::error!(
                 ledger = path,
@@ -511,7 +524,6 @@ pub fn micros(s: &str) -> Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
 
     use super::*;
 
@@ -585,21 +597,25 @@ mod tests {
         let db = dir.path().join("l.db");
         let jdir = journal::dir_for(&db);
         let (a, b) = (record("0190-a"), record("0190-b"));
-        let mut segment = journal::Segment::create(&jdir).unwrap();
-        segment.append([&a, &b]).unwrap();
-        drop(segment);
+        let mut writer = journal::Writer::open(&jdir).unwrap();
+        writer.append([&a, &b]).unwrap();
+        drop(writer);
         let torn = std::fs::read_dir(&jdir)
             .unwrap()
             .next()
             .unwrap()
             .unwrap()
             .path();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&torn)
-            .unwrap()
-            .write_all(br#"{"id":"0190-c","node""#)
-            .unwrap();
+        // Where the writer would have gone on: after the last line, over
+        // the segment's zeros.
+        let written = std::fs::read(&torn).unwrap();
+        let end = written.iter().position(|&b| b == 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new().write(true).open(&torn).unwrap(),
+            br#"{"id":"0190-c","node""#,
+            end as u64,
+        )
+        .unwrap();
         let conn = open(&db).unwrap();
         assert_eq!(journal::catch_up(&conn).unwrap(), 2);
         assert_eq!(journal::catch_up(&open(&db).unwrap()).unwrap(), 0);
@@ -618,21 +634,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("l.db");
         let jdir = journal::dir_for(&db);
-        let mut segment = journal::Segment::create(&jdir).unwrap();
-        segment.append([&record("0190-a")]).unwrap();
+        let mut writer = journal::Writer::open(&jdir).unwrap();
+        writer.append([&record("0190-a")]).unwrap();
         let conn = open(&db).unwrap();
         assert_eq!(journal::catch_up(&conn).unwrap(), 1);
-        segment.append([&record("0190-b")]).unwrap();
+        writer.append([&record("0190-b")]).unwrap();
         assert_eq!(journal::catch_up(&conn).unwrap(), 1);
         assert_eq!(
             std::fs::read_dir(&jdir).unwrap().count(),
             1,
             "live segment kept"
         );
-        drop(segment);
+        drop(writer);
         assert_eq!(journal::catch_up(&conn).unwrap(), 0);
         assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
         assert_eq!(read_records(&conn, &Query::default()).unwrap().len(), 2);
+    }
+
+    /// Appends that outgrow a segment go on in the next one, prepared while
+    /// the first filled; every record is ingested once, and every sealed
+    /// segment removed.
+    #[test]
+    fn records_span_rotated_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let jdir = journal::dir_for(&db);
+        let mut writer = journal::Writer::open(&jdir).unwrap();
+        let records: Vec<_> = (0..6000).map(|i| record(&format!("0190-{i:05}"))).collect();
+        for batch in records.chunks(200) {
+            writer.append(batch).unwrap();
+        }
+        let segments = std::fs::read_dir(&jdir).unwrap().count();
+        assert!(segments >= 2, "{segments} segment(s) for 6000 records");
+        let conn = open(&db).unwrap();
+        assert_eq!(journal::catch_up(&conn).unwrap(), records.len());
+        drop(writer);
+        assert_eq!(journal::catch_up(&conn).unwrap(), 0);
+        assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
+        let ids: Vec<_> = read_records(&conn, &Query::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let mut want: Vec<_> = records.into_iter().map(|r| r.id).collect();
+        want.sort();
+        let mut got = ids;
+        got.sort();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -36,9 +36,9 @@ const MAX_SEGMENT_BYTES: u64 = 32 << 20;
 /// One ingest transaction reads at most this much, so the database's write
 /// lock is never held for long.
 const INGEST_CHUNK: u64 = 4 << 20;
-/// How much of a segment the ingester reads at a time while looking for the
-/// end of its lines.
-const READ_BLOCK: usize = 256 << 10;
+/// The unit of segment I/O besides appends: zeros written when a segment is
+/// made, and bytes read while looking for the end of its lines.
+const BLOCK: usize = 256 << 10;
 
 /// The journal beside a ledger database: `<db>.journal/`.
 pub fn dir_for(db: &Path) -> PathBuf {
@@ -71,7 +71,7 @@ impl Segment {
             .with_context(|| format!("locking {}", path.display()))?;
         // Real zeros, not `set_len`'s holes: writing into a hole allocates,
         // which is the metadata update this is here to avoid.
-        let zeros = vec![0u8; READ_BLOCK];
+        let zeros = vec![0u8; BLOCK];
         let mut left = capacity;
         while left > 0 {
             let n = left.min(zeros.len() as u64) as usize;
@@ -328,10 +328,10 @@ fn ingest_segments(
 /// that end was reached.
 fn read_lines(file: &mut File, offset: u64, budget: u64) -> std::io::Result<(Vec<u8>, bool)> {
     let mut bytes = Vec::new();
-    let mut block = vec![0u8; READ_BLOCK];
+    let mut block = vec![0u8; BLOCK];
     file.seek(SeekFrom::Start(offset))?;
     while (bytes.len() as u64) < budget {
-        let want = (budget - bytes.len() as u64).min(READ_BLOCK as u64) as usize;
+        let want = (budget - bytes.len() as u64).min(BLOCK as u64) as usize;
         let n = file.read(&mut block[..want])?;
         if n == 0 {
             return Ok((bytes, true));

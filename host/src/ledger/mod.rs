@@ -259,14 +259,15 @@ fn write_loop(
         }
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        next_sync = Instant::now() + SYNC_INTERVAL;
         let started = Instant::now();
+        next_sync = started + SYNC_INTERVAL;
         let result = journal.append(batch.iter().map(|p| &p.record));
-        if started.elapsed() >= SLOW_SYNC {
+        let took = started.elapsed();
+        if took >= SLOW_SYNC {
             // Every call in the group waited this long: worth a line.
             tracing::warn!(
                 ledger = path,
-                ms = started.elapsed().as_millis() as u64,
+                ms = took.as_millis() as u64,
                 records = batch.len(),
                 "slow ledger sync"
             );
@@ -524,7 +525,6 @@ pub fn micros(s: &str) -> Result<i64> {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     /// A record started at `us`, with a UUIDv7 minted then (as the host does).
@@ -588,14 +588,21 @@ mod tests {
         assert_eq!(all, vec![r], "one record, unchanged by the replays");
     }
 
+    /// A temporary dir (kept alive by the first value), a ledger path in
+    /// it, and the journal beside that ledger.
+    fn scratch_journal() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let jdir = journal::dir_for(&db);
+        (dir, db, jdir)
+    }
+
     /// What a killed host leaves: synced lines, then half a line it was
     /// writing. Ingesting (twice, as two processes might) counts each whole
     /// line once, drops the torn one, and removes the sealed segment.
     #[test]
     fn a_dead_writers_journal_is_ingested_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("l.db");
-        let jdir = journal::dir_for(&db);
+        let (_dir, db, jdir) = scratch_journal();
         let (a, b) = (record("0190-a"), record("0190-b"));
         let mut writer = journal::Writer::open(&jdir).unwrap();
         writer.append([&a, &b]).unwrap();
@@ -631,9 +638,7 @@ mod tests {
     /// kept; what the writer appends later is picked up from there.
     #[test]
     fn a_live_segment_is_followed_not_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("l.db");
-        let jdir = journal::dir_for(&db);
+        let (_dir, db, jdir) = scratch_journal();
         let mut writer = journal::Writer::open(&jdir).unwrap();
         writer.append([&record("0190-a")]).unwrap();
         let conn = open(&db).unwrap();
@@ -656,9 +661,7 @@ mod tests {
     /// segment removed.
     #[test]
     fn records_span_rotated_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("l.db");
-        let jdir = journal::dir_for(&db);
+        let (_dir, db, jdir) = scratch_journal();
         let mut writer = journal::Writer::open(&jdir).unwrap();
         let records: Vec<_> = (0..6000).map(|i| record(&format!("0190-{i:05}"))).collect();
         for batch in records.chunks(200) {
@@ -671,16 +674,8 @@ mod tests {
         drop(writer);
         assert_eq!(journal::catch_up(&conn).unwrap(), 0);
         assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
-        let ids: Vec<_> = read_records(&conn, &Query::default())
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        let mut want: Vec<_> = records.into_iter().map(|r| r.id).collect();
-        want.sort();
-        let mut got = ids;
-        got.sort();
-        assert_eq!(got, want);
+        // Oldest first, then by id: the order they were written in.
+        assert_eq!(read_records(&conn, &Query::default()).unwrap(), records);
     }
 
     #[tokio::test]

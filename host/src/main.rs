@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use edgeinfer::up::{UpOptions, up};
 
 // Every request allocates and frees a whole instance's worth of small host
 // objects across threads; glibc's malloc was ~12% of a hello request.
@@ -24,7 +25,6 @@ fn tune_allocator() {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
     }
 }
-use edgeinfer::up::{UpOptions, up};
 
 /// Serverless WebAssembly inference functions.
 #[derive(Parser)]

@@ -91,10 +91,19 @@ impl Segment {
         })
     }
 
-    /// Writes `buf` after the last line and syncs it.
+    /// Writes `buf` after the last line and syncs it. On failure what may
+    /// have been written is zeroed again (best effort, as cutting the file
+    /// back was before) and the segment is full: nothing more goes in it.
     fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all_at(buf, self.len)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all_at(buf, self.len)
+            .and_then(|()| self.file.sync_data());
+        if written.is_err() {
+            let _ = self.file.write_all_at(&vec![0; buf.len()], self.len);
+            self.capacity = self.len;
+        }
+        written?;
         self.len += buf.len() as u64;
         Ok(())
     }
@@ -119,9 +128,8 @@ impl Writer {
     }
 
     /// Appends `records` as lines and syncs them: once this returns `Ok`,
-    /// they are durable. On failure what may have been written is zeroed
-    /// again (best effort, as cutting the file back was before) and the
-    /// segment is given up: the next append goes to a new one.
+    /// they are durable. On failure the segment is given up (see
+    /// [`Segment::append`]): the next append goes to a new one.
     pub fn append<'a>(&mut self, records: impl IntoIterator<Item = &'a MeterRecord>) -> Result<()> {
         let mut buf = Vec::with_capacity(16 << 10);
         for r in records {
@@ -131,14 +139,9 @@ impl Writer {
         if self.current.len + buf.len() as u64 > self.current.capacity {
             self.rotate()?;
         }
-        if let Err(e) = self.current.append(&buf) {
-            let _ = self
-                .current
-                .file
-                .write_all_at(&vec![0; buf.len()], self.current.len);
-            self.current.capacity = self.current.len;
-            return Err(anyhow::Error::new(e).context("appending to the ledger journal"));
-        }
+        self.current
+            .append(&buf)
+            .context("appending to the ledger journal")?;
         if self.next.is_none() && self.current.len >= self.current.capacity / 2 {
             let (dir, capacity) = (
                 self.dir.clone(),

@@ -5,26 +5,12 @@ use clap::{Parser, Subcommand};
 use edgeinfer::up::{UpOptions, up};
 
 // Every request allocates and frees a whole instance's worth of small host
-// objects across threads; glibc's malloc was ~12% of a hello request.
+// objects across threads; glibc's malloc was ~12% of a hello request. The
+// crate builds mimalloc v3, which returns freed memory to the OS only after
+// a second; at v2's 10 ms a model run through wasi:nn faulted its scratch
+// in again on every call (README, "The allocator's purge delay").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's options enum (v2 and v3 alike);
-/// the crate leaves it unnamed.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// mimalloc hands freed memory back to the OS 10 ms after it is freed, so a
-/// core that runs a model less often than that faults the model's scratch
-/// memory in again on every call: ppocr-cls's compute through wasi:nn ran
-/// 10-20% over the same run called in a loop. A second keeps a steady
-/// load's memory mapped and still gives it back when the host goes idle.
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides, if set.
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: called before any other thread is started.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-    }
-}
 
 /// Serverless WebAssembly inference functions.
 #[derive(Parser)]
@@ -198,7 +184,6 @@ enum ModelsCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EDGEINFER_LOG")

@@ -147,7 +147,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         .map(|t| format!("{}={}", t.name, join(&t.shape)))
         .collect::<Vec<_>>()
         .join(";");
-    let runnable = sandboxed(opts, &bytes, &shapes).await?;
+    // `_work` holds the baked component and the mounted model: removed when
+    // the run ends, however it ends.
+    let (runnable, _work) = sandboxed(opts, &bytes, &shapes).await?;
     let post = |body: &[u8], header_length: Option<usize>| {
         // With its length, as any HTTP client sends it.
         let mut req = http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"))
@@ -404,8 +406,14 @@ fn print_table(report: &Value) {
     }
 }
 
-/// Bakes the generic function with the model and readies it on a pooling engine.
-async fn sandboxed(opts: &BenchOptions, model: &[u8], shapes: &str) -> Result<Arc<Runnable>> {
+/// Bakes the generic function with the model and readies it on a pooling
+/// engine. The model stays mounted from the returned work dir, so it must
+/// outlive every call.
+async fn sandboxed(
+    opts: &BenchOptions,
+    model: &[u8],
+    shapes: &str,
+) -> Result<(Arc<Runnable>, tempfile::TempDir)> {
     if !opts.component.exists() {
         bail!(
             "{} does not exist: build it with `cargo build --release -p oip` in functions/",
@@ -431,10 +439,7 @@ async fn sandboxed(opts: &BenchOptions, model: &[u8], shapes: &str) -> Result<Ar
     };
     let baked = work.path().join("baked.wasm");
     crate::bake::bake(&crate::bake::engine()?, &caps, &opts.component, &baked).await?;
-    let runnable = ready(opts, caps, &baked)?;
-    // The model stays mounted for the run; remove the work dir at exit.
-    std::mem::forget(work);
-    Ok(runnable)
+    Ok((ready(opts, caps, &baked)?, work))
 }
 
 /// `component` compiled (or mapped from the cache) and pre-instantiated on a

@@ -1,0 +1,63 @@
+//! `edgeinfer bench`: one model timed natively, in the sandbox (warm and
+//! cold) and through wasi:nn. The command itself checks that every way gives
+//! native tract's answer before it times anything; here we check that it
+//! succeeds, reports every column, and leaves nothing behind in the state dir.
+
+mod common;
+
+use std::process::Command;
+
+use common::{artifacts, repo, shared_state_dir};
+use serde_json::Value;
+
+/// The work dirs `bench` bakes the model into, left in `state_dir`.
+fn leftovers(state_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(state_dir)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with("bench-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bench_reports_every_way_and_cleans_up() {
+    let state_dir = shared_state_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .current_dir(repo())
+        .args(["bench", "models/digits/model.onnx", "--json", "--binary"])
+        .args(["--iterations", "3", "--component", artifacts::OIP])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .output()
+        .expect("running edgeinfer bench");
+    assert!(
+        out.status.success(),
+        "edgeinfer bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["iterations"], 3);
+    for way in [
+        "native_us",
+        "wasm_us",
+        "cold_us",
+        "wasi_nn_us",
+        "wasi_nn_compute_us",
+        "backend_us",
+    ] {
+        let p50 = report[way]["p50"].as_f64().unwrap_or(f64::NAN);
+        let p99 = report[way]["p99"].as_f64().unwrap_or(f64::NAN);
+        assert!(p50 > 0.0 && p99 >= p50, "{way}: {}", report[way]);
+    }
+    assert_eq!(report["backend"]["name"], "tract");
+    // Signed: a cold call may beat its warm pair.
+    assert!(report["cold_over_warm_us"]["p50"].is_f64());
+    assert!(
+        leftovers(&state_dir).is_empty(),
+        "bench left {:?} in {}",
+        leftovers(&state_dir),
+        state_dir.display()
+    );
+}

@@ -101,6 +101,55 @@ pub fn new_engine(pool: &PoolSettings, fuel: bool) -> Result<Engine> {
         .context("configuring the wasmtime engine")
 }
 
+/// Records a use of `artifact` in its mtime, which [`prune`] orders by
+/// (access times are often not kept). Best effort: a read-only cache still works.
+fn mark_used(artifact: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(artifact) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes artifacts under `cache` (every engine's dir), least recently used
+/// first, until they take at most `max_bytes`; `keep` (the one just written)
+/// is never removed. Leftovers of interrupted writes older than an hour go
+/// too. Processes that have an artifact mapped keep it; one that needs it
+/// again compiles it again. Returns how many files were removed.
+fn prune(cache: &Path, keep: &Path, max_bytes: u64) -> usize {
+    let now = std::time::SystemTime::now();
+    let mut artifacts = Vec::new();
+    let mut removed = 0;
+    let engines = std::fs::read_dir(cache).into_iter().flatten().flatten();
+    for entry in engines.flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten()) {
+        let (path, Ok(meta)) = (entry.path(), entry.metadata()) else {
+            continue;
+        };
+        let used = meta.modified().unwrap_or(now);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("cwasm") if path != keep => artifacts.push((used, meta.len(), path)),
+            Some("cwasm") => {}
+            Some("tmp")
+                if now.duration_since(used).unwrap_or_default() > Duration::from_secs(3600) =>
+            {
+                removed += usize::from(std::fs::remove_file(&path).is_ok());
+            }
+            _ => {}
+        }
+    }
+    let keep_len = std::fs::metadata(keep).map_or(0, |m| m.len());
+    let mut total: u64 = keep_len + artifacts.iter().map(|(_, len, _)| len).sum::<u64>();
+    artifacts.sort();
+    for (_, len, path) in artifacts {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
 pub struct EpochClock {
     stop: Arc<AtomicBool>,
@@ -140,10 +189,21 @@ impl Drop for EpochClock {
 
 /// Precompiled artifacts in `<state>/cache/<engine>/<sha256>.cwasm`, keyed by
 /// the engine's compatibility hash and the component's digest, so a second
-/// start maps the code instead of compiling it again.
+/// start maps the code instead of compiling it again. Every rebuilt
+/// component has a new digest, so the cache is kept to a size: when a new
+/// artifact is written, the least recently used go first (see [`Self::prune`]).
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+}
+
+/// How much the compile cache may hold, across engines: `EDGEINFER_CACHE_MAX_MB`
+/// if set, else 4 GiB (a model component compiles to ~70 MB).
+pub fn cache_max_bytes() -> u64 {
+    std::env::var("EDGEINFER_CACHE_MAX_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(4 << 30, |mb| mb << 20)
 }
 
 /// A compiled component and the digest of the bytes it came from.
@@ -188,6 +248,7 @@ impl CompileCache {
             // still checks its header before use.
             match unsafe { Component::deserialize_file(engine, &artifact) } {
                 Ok(component) => {
+                    mark_used(&artifact);
                     return Ok(Compiled {
                         component,
                         digest,
@@ -213,6 +274,13 @@ impl CompileCache {
         std::fs::write(&tmp, &compiled).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &artifact)
             .with_context(|| format!("writing {}", artifact.display()))?;
+        // The cache only grows here, so this is where it is kept to size.
+        if let Some(all) = self.dir.parent() {
+            let removed = prune(all, &artifact, cache_max_bytes());
+            if removed > 0 {
+                tracing::info!(cache = %all.display(), removed, "compile cache over its size: removed the least recently used artifacts");
+            }
+        }
         // SAFETY: as above; we just wrote this artifact with this engine.
         let component = unsafe { Component::deserialize_file(engine, &artifact) }
             .map_err(anyhow::Error::from)
@@ -222,5 +290,57 @@ impl CompileCache {
             digest,
             cached: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    /// A file of `len` bytes under `dir`, last used `age` ago.
+    fn artifact(dir: &Path, name: &str, len: usize, age: Duration) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().append(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn prune_removes_the_least_recently_used_first_across_engines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (e1, e2) = (tmp.path().join("e1"), tmp.path().join("e2"));
+        let hour = Duration::from_secs(3600);
+        let oldest = artifact(&e1, "a.cwasm", 100, 3 * hour);
+        let older = artifact(&e2, "b.cwasm", 100, 2 * hour);
+        let recent = artifact(&e1, "d.cwasm", 100, Duration::ZERO);
+        // Just written, yet dated as the oldest: still kept.
+        let new = artifact(&e2, "c.cwasm", 100, 4 * hour);
+        let stale_tmp = artifact(&e1, "x.42.tmp", 10, 2 * hour);
+        let live_tmp = artifact(&e1, "y.43.tmp", 10, Duration::ZERO);
+
+        assert_eq!(prune(tmp.path(), &new, 250), 3);
+        for gone in [&oldest, &older, &stale_tmp] {
+            assert!(!gone.exists(), "{} should be gone", gone.display());
+        }
+        for kept in [&recent, &new, &live_tmp] {
+            assert!(kept.exists(), "{} should be kept", kept.display());
+        }
+        // Under the limit nothing more goes.
+        assert_eq!(prune(tmp.path(), &new, 250), 0);
+    }
+
+    #[test]
+    fn a_cache_hit_counts_as_a_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = artifact(tmp.path(), "a.cwasm", 1, Duration::from_secs(7200));
+        mark_used(&path);
+        let age = SystemTime::now()
+            .duration_since(std::fs::metadata(&path).unwrap().modified().unwrap())
+            .unwrap_or_default();
+        assert!(age < Duration::from_secs(60), "mtime is {age:?} old");
     }
 }

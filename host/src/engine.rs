@@ -101,55 +101,6 @@ pub fn new_engine(pool: &PoolSettings, fuel: bool) -> Result<Engine> {
         .context("configuring the wasmtime engine")
 }
 
-/// Records a use of `artifact` in its mtime, which [`prune`] orders by
-/// (access times are often not kept). Best effort: a read-only cache still works.
-fn mark_used(artifact: &Path) {
-    if let Ok(f) = std::fs::File::options().append(true).open(artifact) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
-}
-
-/// Removes artifacts under `cache` (every engine's dir), least recently used
-/// first, until they take at most `max_bytes`; `keep` (the one just written)
-/// is never removed. Leftovers of interrupted writes older than an hour go
-/// too. Processes that have an artifact mapped keep it; one that needs it
-/// again compiles it again. Returns how many files were removed.
-fn prune(cache: &Path, keep: &Path, max_bytes: u64) -> usize {
-    let now = std::time::SystemTime::now();
-    let mut artifacts = Vec::new();
-    let mut removed = 0;
-    let engines = std::fs::read_dir(cache).into_iter().flatten().flatten();
-    for entry in engines.flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten()) {
-        let (path, Ok(meta)) = (entry.path(), entry.metadata()) else {
-            continue;
-        };
-        let used = meta.modified().unwrap_or(now);
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("cwasm") if path != keep => artifacts.push((used, meta.len(), path)),
-            Some("cwasm") => {}
-            Some("tmp")
-                if now.duration_since(used).unwrap_or_default() > Duration::from_secs(3600) =>
-            {
-                removed += usize::from(std::fs::remove_file(&path).is_ok());
-            }
-            _ => {}
-        }
-    }
-    let keep_len = std::fs::metadata(keep).map_or(0, |m| m.len());
-    let mut total: u64 = keep_len + artifacts.iter().map(|(_, len, _)| len).sum::<u64>();
-    artifacts.sort();
-    for (_, len, path) in artifacts {
-        if total <= max_bytes {
-            break;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            total -= len;
-            removed += 1;
-        }
-    }
-    removed
-}
-
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
 pub struct EpochClock {
     stop: Arc<AtomicBool>,
@@ -191,19 +142,10 @@ impl Drop for EpochClock {
 /// the engine's compatibility hash and the component's digest, so a second
 /// start maps the code instead of compiling it again. Every rebuilt
 /// component has a new digest, so the cache is kept to a size: when a new
-/// artifact is written, the least recently used go first (see [`Self::prune`]).
+/// artifact is written, the least recently used go first.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
-}
-
-/// How much the compile cache may hold, across engines: `EDGEINFER_CACHE_MAX_MB`
-/// if set, else 4 GiB (a model component compiles to ~70 MB).
-pub fn cache_max_bytes() -> u64 {
-    std::env::var("EDGEINFER_CACHE_MAX_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(4 << 30, |mb| mb << 20)
 }
 
 /// A compiled component and the digest of the bytes it came from.
@@ -291,6 +233,64 @@ impl CompileCache {
             cached: false,
         })
     }
+}
+
+/// How much the compile cache may hold, across engines: `EDGEINFER_CACHE_MAX_MB`
+/// if set, else 4 GiB (a model component compiles to ~70 MB).
+fn cache_max_bytes() -> u64 {
+    std::env::var("EDGEINFER_CACHE_MAX_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(4 << 30, |mb| mb << 20)
+}
+
+/// Records a use of `artifact` in its mtime, which [`prune`] orders by
+/// (access times are often not kept). Best effort: a read-only cache still works.
+fn mark_used(artifact: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(artifact) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes artifacts under `cache` (every engine's dir), least recently used
+/// first, until they take at most `max_bytes`; `keep` (the one just written)
+/// is never removed. Leftovers of interrupted writes older than an hour go
+/// too. Processes that have an artifact mapped keep it; one that needs it
+/// again compiles it again. Returns how many files were removed.
+fn prune(cache: &Path, keep: &Path, max_bytes: u64) -> usize {
+    let now = std::time::SystemTime::now();
+    let mut artifacts = Vec::new();
+    let mut removed = 0;
+    let engines = std::fs::read_dir(cache).into_iter().flatten().flatten();
+    for entry in engines.flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten()) {
+        let (path, Ok(meta)) = (entry.path(), entry.metadata()) else {
+            continue;
+        };
+        let used = meta.modified().unwrap_or(now);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("cwasm") if path != keep => artifacts.push((used, meta.len(), path)),
+            Some("cwasm") => {}
+            Some("tmp")
+                if now.duration_since(used).unwrap_or_default() > Duration::from_secs(3600) =>
+            {
+                removed += usize::from(std::fs::remove_file(&path).is_ok());
+            }
+            _ => {}
+        }
+    }
+    let keep_len = std::fs::metadata(keep).map_or(0, |m| m.len());
+    let mut total: u64 = keep_len + artifacts.iter().map(|(_, len, _)| len).sum::<u64>();
+    artifacts.sort();
+    for (_, len, path) in artifacts {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -246,7 +246,7 @@ pub struct App {
     pub router: Router<Target>,
     pub components: BTreeMap<String, Arc<Loaded>>,
     /// Copies of `files` globs, removed when the app is dropped.
-    _staged: Vec<tempfile::TempDir>,
+    _staged: Vec<Staged>,
     /// Scales idle components to zero; stopped when the app is replaced or dropped.
     reaper: Mutex<Option<AbortOnDrop>>,
 }
@@ -267,6 +267,7 @@ impl App {
     ) -> Result<Self> {
         let cache = CompileCache::new(engine, state_dir);
         let linker = Arc::new(sandbox::linker(engine)?);
+        sweep_staged(state_dir);
         let mut staged = Vec::new();
         let mut prepared = Vec::new();
         // Host-owned models: those of [nn.models], plus the model of every
@@ -442,7 +443,7 @@ impl Plan {
         c: &Component,
         limits: &Limits,
         state_dir: &Path,
-        staged: &mut Vec<tempfile::TempDir>,
+        staged: &mut Vec<Staged>,
     ) -> Result<Capabilities> {
         let variables = c
             .variables
@@ -474,15 +475,13 @@ fn stage_files(
     c: &Component,
     app_dir: &Path,
     state_dir: &Path,
-    staged: &mut Vec<tempfile::TempDir>,
+    staged: &mut Vec<Staged>,
 ) -> Result<Vec<(PathBuf, String)>> {
     let mut mounts = Vec::new();
     // Private to this process, so several hosts may share one state dir.
-    let staging_dir = tempfile::Builder::new()
-        .prefix(&format!("files-{}-", c.id))
-        .tempdir_in(state_dir)
+    let staging_dir = Staged::new(state_dir, &c.id)
         .with_context(|| format!("creating a staging dir in {}", state_dir.display()))?;
-    let staging = staging_dir.path().to_path_buf();
+    let staging = staging_dir.dir.clone();
     let excluded: Vec<glob::Pattern> = c
         .exclude_files
         .iter()
@@ -531,4 +530,142 @@ fn stage_files(
         staged.push(staging_dir);
     }
     Ok(mounts)
+}
+
+/// A private copy of a component's `files` globs. Removed when dropped; if
+/// its host dies first, by the next host that loads an app on the same state
+/// dir ([`sweep_staged`]), which tells a dead owner from a live one by the
+/// lock on the copy's `.lock` file beside it.
+pub struct Staged {
+    dir: PathBuf,
+    /// `<dir>.lock`: created and locked before the dir, removed after it.
+    _lock: tempfile::NamedTempFile,
+}
+
+impl Staged {
+    fn new(state_dir: &Path, id: &str) -> std::io::Result<Self> {
+        let lock = tempfile::Builder::new()
+            .prefix(&format!("files-{id}-"))
+            .suffix(".lock")
+            .tempfile_in(state_dir)?;
+        lock.as_file().lock()?;
+        let dir = copy_of(lock.path()).ok_or_else(|| std::io::Error::other("unnamed lock file"))?;
+        std::fs::create_dir(&dir)?;
+        Ok(Self { dir, _lock: lock })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Before `_lock` goes: a sweep never finds the copy without its lock.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The copy a `.lock` file guards (`None` if `path` is not a lock file).
+fn copy_of(lock: &Path) -> Option<PathBuf> {
+    let name = lock.file_name()?.to_str()?.strip_suffix(".lock")?;
+    Some(lock.with_file_name(name))
+}
+
+/// The lock file of a copy.
+fn lock_of(copy: &Path) -> PathBuf {
+    let mut name = copy.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
+/// Removes the `files` copies in `state_dir` whose host died without
+/// removing them: those whose lock nobody holds, and those without a lock
+/// file (left by hosts from before lock files). Anything younger than a
+/// minute is left alone, so a copy being created right now is never taken.
+fn sweep_staged(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    let old = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(60))
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("files-") || !old(&path) {
+            continue;
+        }
+        let removed = if let Some(copy) = copy_of(&path) {
+            let Ok(lock) = std::fs::File::options().write(true).open(&path) else {
+                continue;
+            };
+            if lock.try_lock().is_err() {
+                continue; // its host is alive
+            }
+            let _ = std::fs::remove_dir_all(copy);
+            std::fs::remove_file(&path)
+        } else if path.is_dir() && !lock_of(&path).exists() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            continue;
+        };
+        if removed.is_ok() {
+            tracing::info!(path = %path.display(), "removed a files copy its host left behind");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn age(path: &Path, by: Duration) {
+        let f = std::fs::File::open(path).unwrap();
+        f.set_modified(SystemTime::now() - by).unwrap();
+    }
+
+    fn copy(state: &Path, name: &str, locked: Option<Duration>) -> PathBuf {
+        let dir = state.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.txt"), "a").unwrap();
+        if let Some(lock_age) = locked {
+            std::fs::write(lock_of(&dir), "").unwrap();
+            age(&lock_of(&dir), lock_age);
+        }
+        age(&dir, Duration::from_secs(7200));
+        dir
+    }
+
+    #[test]
+    fn a_sweep_takes_only_the_copies_of_dead_hosts() {
+        let state = tempfile::tempdir().unwrap();
+        let hours = Duration::from_secs(7200);
+        // Its host died: the lock file is there, but nobody holds it.
+        let dead = copy(state.path(), "files-a-dead", Some(hours));
+        // Left by a host from before lock files.
+        let legacy = copy(state.path(), "files-b.v2-legacy", None);
+        // Unlocked but just made: a host may be about to lock it.
+        let fresh = copy(state.path(), "files-c-fresh", Some(Duration::ZERO));
+        // A live one, made as `stage_files` makes it, and old.
+        let live = Staged::new(state.path(), "d").unwrap();
+        std::fs::write(live.dir.join("a.txt"), "a").unwrap();
+        age(&lock_of(&live.dir), hours);
+        age(&live.dir, hours);
+        let other = state.path().join("cache");
+        std::fs::create_dir(&other).unwrap();
+        age(&other, hours);
+
+        sweep_staged(state.path());
+
+        for gone in [&dead, &lock_of(&dead), &legacy] {
+            assert!(!gone.exists(), "{} should be gone", gone.display());
+        }
+        for kept in [&fresh, &live.dir, &lock_of(&live.dir), &other] {
+            assert!(kept.exists(), "{} should be kept", kept.display());
+        }
+        let live_dir = live.dir.clone();
+        drop(live);
+        assert!(!live_dir.exists() && !lock_of(&live_dir).exists());
+    }
 }

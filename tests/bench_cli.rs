@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{artifacts, repo, shared_state_dir};
 use serde_json::Value;
 
@@ -24,20 +22,23 @@ fn leftovers(state_dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn bench_reports_every_way_and_cleans_up() {
     let state_dir = shared_state_dir();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .current_dir(repo())
-        .args(["bench", "models/digits/model.onnx", "--json", "--binary"])
-        .args(["--iterations", "3", "--component", artifacts::OIP])
-        .arg("--state-dir")
-        .arg(&state_dir)
-        .output()
-        .expect("running edgeinfer bench");
-    assert!(
-        out.status.success(),
-        "edgeinfer bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let state = state_dir.to_str().expect("a UTF-8 path");
+    let out = common::cli(
+        &repo(),
+        &[
+            "bench",
+            "models/digits/model.onnx",
+            "--json",
+            "--binary",
+            "--iterations",
+            "3",
+            "--component",
+            artifacts::OIP,
+            "--state-dir",
+            state,
+        ],
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
     assert_eq!(report["iterations"], 3);
     for way in [
         "native_us",

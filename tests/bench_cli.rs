@@ -46,6 +46,7 @@ fn bench_reports_every_way_and_cleans_up() {
         "cold_us",
         "wasi_nn_us",
         "wasi_nn_compute_us",
+        "wasi_nn_cold_us",
         "backend_us",
     ] {
         let p50 = report[way]["p50"].as_f64().unwrap_or(f64::NAN);
@@ -55,6 +56,7 @@ fn bench_reports_every_way_and_cleans_up() {
     assert_eq!(report["backend"]["name"], "tract");
     // Signed: a cold call may beat its warm pair.
     assert!(report["cold_over_warm_us"]["p50"].is_f64());
+    assert!(report["wasi_nn_cold_over_warm_us"]["p50"].is_f64());
     assert!(
         leftovers(&state_dir).is_empty(),
         "bench left {:?} in {}",

@@ -12,8 +12,12 @@
 //!   instance's core, see [`crate::cores`]), as the meter counts it;
 //!   `wasi_nn` less this is what the call costs around the model (the
 //!   guest's decoding and encoding, and moving the tensors in and out);
+//! - `wasi_nn_cold`: the same request to `oip-nn`, each to a fresh instance;
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
+//!
+//! With the tract backend, `native`, `wasi_nn` and `backend` run one loaded
+//! model, so that where its memory fell is the same for all three.
 //!
 //! The kinds take turns, [`BLOCK`] calls at a time after one untimed call,
 //! so drift in the machine's speed over the run falls on all of them alike
@@ -104,11 +108,11 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     }
     let bytes =
         std::fs::read(&opts.model).with_context(|| format!("reading {}", opts.model.display()))?;
-    let engine = TractEngine::from_onnx(&bytes)
+    let loaded = TractEngine::from_onnx(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {}", opts.model.display(), e.message()))?;
     let body = match &opts.input {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        None => synthetic_request(engine.inputs(), &opts.shapes)?,
+        None => synthetic_request(loaded.inputs(), &opts.shapes)?,
     };
     let n = opts.iterations;
     // What is timed: the JSON request, or the same tensors as binary data.
@@ -118,6 +122,20 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     } else {
         (body.clone(), None)
     };
+
+    // The input shapes, planned ahead by every engine here (as `models add
+    // --shape` would have it).
+    let shapes = kit::decode::infer_request(&body)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .inputs
+        .iter()
+        .map(|t| format!("{}={}", t.name, join(&t.shape)))
+        .collect::<Vec<_>>();
+    // Native tract and the tract wasi:nn backend are one loaded model. Two
+    // loads of the same file in one process ran up to 13% apart, by where
+    // their memory fell, which would swamp the wasi:nn overhead measured here.
+    let tract = Arc::new(crate::nn::TractBackend::with_engine(loaded, &shapes)?);
+    let engine = tract.engine();
 
     // Native: what the function does per request, outside the sandbox.
     let native_once = |body: &[u8], header_length: Option<usize>| -> Result<Vec<u8>> {
@@ -138,18 +156,10 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     };
     let reference: Value = serde_json::from_slice(&native_once(&body, None)?)?;
 
-    // The sandbox: the generic function baked with this model, planned for
-    // these input shapes (as `models add --shape` would have it).
-    let shapes = kit::decode::infer_request(&body)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .inputs
-        .iter()
-        .map(|t| format!("{}={}", t.name, join(&t.shape)))
-        .collect::<Vec<_>>()
-        .join(";");
+    // The sandbox: the generic function baked with this model.
     // `_work` holds the baked component and the mounted model: removed when
     // the run ends, however it ends.
-    let (runnable, _work) = sandboxed(opts, &bytes, &shapes).await?;
+    let (runnable, _work) = sandboxed(opts, &bytes, &shapes.join(";")).await?;
     let post = |body: &[u8], header_length: Option<usize>| {
         // With its length, as any HTTP client sends it.
         let mut req = http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"))
@@ -171,7 +181,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         &warm.call(post(&body, None)).await?.1,
         "in the sandbox",
     )?;
-    let cold_once = async || -> Result<Duration> {
+    let cold_once = async |runnable: &Arc<Runnable>| -> Result<Duration> {
         let started = Instant::now();
         let response = runnable
             .handle(request())
@@ -202,11 +212,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     }
     let config = crate::nn::NnModelConfig {
         backend: opts.backend,
-        shapes: shapes.split(';').map(str::to_string).collect(),
+        shapes: shapes.clone(),
         threads: Some(opts.threads),
         ..crate::nn::NnModelConfig::default()
     };
-    let backend = config.backend(&bytes, Path::new("."))?;
+    let backend: Arc<dyn crate::nn::Backend> = match opts.backend {
+        crate::nn::BackendKind::Tract => tract.clone(),
+        crate::nn::BackendKind::Onnxruntime => config.backend(&bytes, Path::new("."))?,
+    };
     // The backend alone, on the tensors the guest would hand it.
     let tensors: Vec<(String, crate::nn::NnTensor)> = kit::decode::infer_request(&body)
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -240,7 +253,8 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         };
         ready(opts, caps, &nn_component)
     };
-    let nn_warm = nn_runnable(1)?.warm_instance().await?;
+    let nn_cold = nn_runnable(1)?;
+    let nn_warm = nn_cold.warm_instance().await?;
     check_same(
         &reference,
         &nn_warm.call(post(&body, None)).await?.1,
@@ -251,8 +265,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     // over the run touches them all alike and their ratios hold. Within a
     // block each way runs as a model in steady use does: its first call is
     // not timed, so that none is timed on caches the other ways just filled.
-    let (mut native, mut wasm, mut cold, mut wasi_nn, mut direct) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut wasm, mut cold, mut wasi_nn, mut nn_fresh, mut direct) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     while native.len() < n {
         let block = BLOCK.min(n - native.len());
         timed_block(block, &mut native, async || {
@@ -262,13 +282,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         })
         .await?;
         timed_block(block, &mut wasm, async || Ok(warm.call(request()).await?.0)).await?;
-        timed_block(block, &mut cold, cold_once).await?;
+        timed_block(block, &mut cold, async || cold_once(&runnable).await).await?;
         timed_block(block, &mut wasi_nn, async || {
             let before = nn_warm.nn_compute();
             let took = nn_warm.call(request()).await?.0;
             Ok((took, nn_warm.nn_compute() - before))
         })
         .await?;
+        timed_block(block, &mut nn_fresh, async || cold_once(&nn_cold).await).await?;
         timed_block(block, &mut direct, async || direct_once()).await?;
     }
     let (wasi_nn, compute): (Vec<Duration>, Vec<Duration>) = wasi_nn.into_iter().unzip();
@@ -308,6 +329,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     // Cold less warm, call by call: the k-th cold call against the k-th warm
     // one of the same round, so that the machine's drift cancels out.
     let cold_over_warm = paired_difference(&cold, &wasm);
+    let nn_cold_over_warm = paired_difference(&nn_fresh, &wasi_nn);
     let report = json!({
         "model": opts.model.display().to_string(),
         "iterations": n,
@@ -315,6 +337,8 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "wasm_us": Summary::of(wasm),
         "wasi_nn_us": Summary::of(wasi_nn),
         "wasi_nn_compute_us": Summary::of(compute),
+        "wasi_nn_cold_us": Summary::of(nn_fresh),
+        "wasi_nn_cold_over_warm_us": nn_cold_over_warm,
         "backend": { "name": backend.name(), "threads": opts.threads },
         "backend_us": Summary::of(direct),
         "cold_us": Summary::of(cold),
@@ -369,6 +393,7 @@ fn print_table(report: &Value) {
         ("cold", "cold_us"),
         ("wasi-nn", "wasi_nn_us"),
         ("  compute", "wasi_nn_compute_us"),
+        ("  cold", "wasi_nn_cold_us"),
         ("backend", "backend_us"),
     ] {
         let s = &report[key];
@@ -380,13 +405,21 @@ fn print_table(report: &Value) {
         let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
         println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
     }
-    let d = &report["cold_over_warm_us"];
-    println!(
-        "{:<10} {:>12.1} {:>12.1}  (cold less wasm, call by call)",
-        "cold-wasm",
-        d["p50"].as_f64().unwrap_or(f64::NAN),
-        d["p99"].as_f64().unwrap_or(f64::NAN)
-    );
+    for (label, key, what) in [
+        ("cold-wasm", "cold_over_warm_us", "cold less wasm"),
+        (
+            "nn cold-nn",
+            "wasi_nn_cold_over_warm_us",
+            "wasi-nn cold less warm",
+        ),
+    ] {
+        let d = &report[key];
+        println!(
+            "{label:<10} {:>12.1} {:>12.1}  ({what}, call by call)",
+            d["p50"].as_f64().unwrap_or(f64::NAN),
+            d["p99"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     println!(
         "(wasi-nn and backend: {}, {} thread(s); compute = the backend's share of each wasi-nn \
          call, run on the instance's core; backend = the host backend called directly)",

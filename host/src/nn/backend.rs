@@ -33,6 +33,11 @@ impl TractBackend {
     /// the config) are planned now, so the first call does no planning.
     pub fn from_onnx(bytes: &[u8], shapes: &[String]) -> anyhow::Result<Self> {
         let engine = TractEngine::from_onnx(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::with_engine(engine, shapes)
+    }
+
+    /// Around a model already loaded, planned ahead for `shapes` as above.
+    pub fn with_engine(engine: TractEngine, shapes: &[String]) -> anyhow::Result<Self> {
         if !shapes.is_empty() {
             let spec = shapes.join(";");
             let shapes = kit::engine::parse_input_shapes(engine.inputs(), &spec)
@@ -40,6 +45,10 @@ impl TractBackend {
             engine.prepare(shapes).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(Self { engine })
+    }
+
+    pub fn engine(&self) -> &TractEngine {
+        &self.engine
     }
 }
 

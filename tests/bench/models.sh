@@ -4,7 +4,8 @@
 # tract in the sandbox (warm instance), cold (a fresh instance per call,
 # which is how `edgeinfer up` serves every request) and wasi-nn (the model
 # run natively by the host for the oip-nn function, warm instance), with
-# nnc: the backend's own share of each wasi-nn call (its compute time).
+# nnc: the backend's own share of each wasi-nn call (its compute time), and
+# nn-cold: oip-nn's cold call less its warm one, paired call by call.
 #
 # Usage: tests/bench/models.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet extra/ppocr-cls)
 # Env:   ITERATIONS (default 200), EDGEINFER_BIN (default target/release/edgeinfer),
@@ -30,9 +31,9 @@ fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-printf '%-18s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s | %8s %8s %8s %8s %8s\n' model \
+printf '%-18s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s | %8s %8s %8s %8s %8s %8s\n' model \
   ort_p50 ort_p99 nat_p50 nat_p99 wasm_p50 wasm_p99 cold_p50 cold_p99 nn_p50 nn_p99 nnc_p50 \
-  nat/ort wasm/nat nn/nat nnc/nat cold-wasm
+  nat/ort wasm/nat nn/nat nnc/nat cold-wasm nn-cold
 for m in "${models[@]}"; do
   "$PYTHON" models/bench.py "$m" --emit-request "$tmp/req.json"
   ort=$("$PYTHON" models/bench.py "$m" --json --runs "$ITERATIONS")
@@ -43,10 +44,11 @@ import json, sys
 m, ort, ours = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 o, n, w, c, x = ort["ort_us"], ours["native_us"], ours["wasm_us"], ours["cold_us"], ours["wasi_nn_us"]
 k = ours["wasi_nn_compute_us"]
-d = ours["cold_over_warm_us"]
+d, e = ours["cold_over_warm_us"], ours["wasi_nn_cold_over_warm_us"]
 print(f"{m:18} {o['p50']:9.0f} {o['p99']:9.0f} {n['p50']:9.0f} {n['p99']:9.0f} {w['p50']:9.0f} {w['p99']:9.0f} "
       f"{c['p50']:9.0f} {c['p99']:9.0f} {x['p50']:9.0f} {x['p99']:9.0f} {k['p50']:9.0f} | {n['p50']/o['p50']:7.2f}x "
-      f"{w['p50']/n['p50']:7.2f}x {x['p50']/n['p50']:7.2f}x {k['p50']/n['p50']:7.2f}x {d['p50']/1000:6.2f}ms")
+      f"{w['p50']/n['p50']:7.2f}x {x['p50']/n['p50']:7.2f}x {k['p50']/n['p50']:7.2f}x {d['p50']/1000:6.2f}ms "
+      f"{e['p50']/1000:6.2f}ms")
 EOF
 done
 echo "(µs)"

@@ -108,7 +108,8 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     }
     let bytes =
         std::fs::read(&opts.model).with_context(|| format!("reading {}", opts.model.display()))?;
-    let loaded = TractEngine::from_onnx(&bytes)
+    // As the host loads a model for wasi:nn.
+    let loaded = crate::model_heap::in_model_heap(|| TractEngine::from_onnx(&bytes))
         .map_err(|e| anyhow::anyhow!("{}: {}", opts.model.display(), e.message()))?;
     let body = match &opts.input {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,

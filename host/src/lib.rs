@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod metering;
 pub mod metrics;
+pub mod model_heap;
 pub mod models;
 pub mod nn;
 pub mod outbound;

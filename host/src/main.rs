@@ -8,9 +8,10 @@ use edgeinfer::up::{UpOptions, up};
 // objects across threads; glibc's malloc was ~12% of a hello request. The
 // crate builds mimalloc v3, which returns freed memory to the OS only after
 // a second; at v2's 10 ms a model run through wasi:nn faulted its scratch
-// in again on every call (README, "The allocator's purge delay").
+// in again on every call (README, "The allocator's purge delay"). Model
+// loads get a heap of their own (see `model_heap`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: edgeinfer::model_heap::Allocator = edgeinfer::model_heap::Allocator;
 
 /// Serverless WebAssembly inference functions.
 #[derive(Parser)]

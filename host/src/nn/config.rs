@@ -112,9 +112,10 @@ impl NnModelConfig {
                          CPU only)"
                     );
                 }
-                std::sync::Arc::new(
-                    TractBackend::from_onnx(model, &self.shapes).context("with tract")?,
-                )
+                let loaded = crate::model_heap::in_model_heap(|| {
+                    TractBackend::from_onnx(model, &self.shapes)
+                });
+                std::sync::Arc::new(loaded.context("with tract")?)
             }
             BackendKind::Onnxruntime => self
                 .onnxruntime(model, base_dir)

@@ -90,34 +90,31 @@ pub fn in_model_heap<R>(load: impl FnOnce() -> R) -> R {
     load()
 }
 
-fn loading_heap() -> Option<*mut mi::mi_heap_t> {
+/// The block `get` takes from the models' heap, if this thread is loading a
+/// model and the arena has room.
+fn from_model_heap(get: impl FnOnce(*mut mi::mi_heap_t) -> *mut libc::c_void) -> Option<*mut u8> {
     if !LOADING.get() {
         return None;
     }
-    HEAP.get()?.as_ref().map(|h| h.heap)
+    let p = get(HEAP.get()?.as_ref()?.heap);
+    (!p.is_null()).then(|| p.cast())
 }
 
 // SAFETY: every block comes from mimalloc, whose `mi_free` and realloc take
 // blocks of any heap; a full arena falls back to the shared heap.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if let Some(heap) = loading_heap() {
-            let p = unsafe { mi::mi_heap_malloc_aligned(heap, layout.size(), layout.align()) };
-            if !p.is_null() {
-                return p.cast();
-            }
-        }
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        from_model_heap(|heap| unsafe {
+            mi::mi_heap_malloc_aligned(heap, layout.size(), layout.align())
+        })
+        .unwrap_or_else(|| unsafe { mimalloc::MiMalloc.alloc(layout) })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if let Some(heap) = loading_heap() {
-            let p = unsafe { mi::mi_heap_zalloc_aligned(heap, layout.size(), layout.align()) };
-            if !p.is_null() {
-                return p.cast();
-            }
-        }
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        from_model_heap(|heap| unsafe {
+            mi::mi_heap_zalloc_aligned(heap, layout.size(), layout.align())
+        })
+        .unwrap_or_else(|| unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -125,14 +122,11 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if let Some(heap) = loading_heap() {
-            let p =
-                unsafe { mi::mi_heap_realloc_aligned(heap, ptr.cast(), new_size, layout.align()) };
-            if !p.is_null() {
-                return p.cast();
-            }
-        }
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        // On failure the block is left as it was, for the shared heap to move.
+        from_model_heap(|heap| unsafe {
+            mi::mi_heap_realloc_aligned(heap, ptr.cast(), new_size, layout.align())
+        })
+        .unwrap_or_else(|| unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) })
     }
 }
 

@@ -31,8 +31,10 @@ pub struct TractBackend {
 impl TractBackend {
     /// Parses, optimises and plans the model; `shapes` (one per input, from
     /// the config) are planned now, so the first call does no planning.
+    /// Both in the models' heap (see `crate::model_heap`).
     pub fn from_onnx(bytes: &[u8], shapes: &[String]) -> anyhow::Result<Self> {
-        let engine = TractEngine::from_onnx(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let engine = crate::model_heap::in_model_heap(|| TractEngine::from_onnx(bytes))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::with_engine(engine, shapes)
     }
 
@@ -42,7 +44,8 @@ impl TractBackend {
             let spec = shapes.join(";");
             let shapes = kit::engine::parse_input_shapes(engine.inputs(), &spec)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            engine.prepare(shapes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::model_heap::in_model_heap(|| engine.prepare(shapes))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(Self { engine })
     }

@@ -112,10 +112,9 @@ impl NnModelConfig {
                          CPU only)"
                     );
                 }
-                let loaded = crate::model_heap::in_model_heap(|| {
-                    TractBackend::from_onnx(model, &self.shapes)
-                });
-                std::sync::Arc::new(loaded.context("with tract")?)
+                std::sync::Arc::new(
+                    TractBackend::from_onnx(model, &self.shapes).context("with tract")?,
+                )
             }
             BackendKind::Onnxruntime => self
                 .onnxruntime(model, base_dir)

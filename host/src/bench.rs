@@ -126,9 +126,10 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
 
     // The input shapes, planned ahead by every engine here (as `models add
     // --shape` would have it).
-    let shapes = kit::decode::infer_request(&body)
+    let inputs = kit::decode::infer_request(&body)
         .map_err(|e| anyhow::anyhow!("{e}"))?
-        .inputs
+        .inputs;
+    let shapes = inputs
         .iter()
         .map(|t| format!("{}={}", t.name, join(&t.shape)))
         .collect::<Vec<_>>();
@@ -222,9 +223,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         crate::nn::BackendKind::Onnxruntime => config.backend(&bytes, Path::new("."))?,
     };
     // The backend alone, on the tensors the guest would hand it.
-    let tensors: Vec<(String, crate::nn::NnTensor)> = kit::decode::infer_request(&body)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .inputs
+    let tensors: Vec<(String, crate::nn::NnTensor)> = inputs
         .into_iter()
         .map(|t| (t.name.clone(), crate::nn::from_kit(t)))
         .collect();

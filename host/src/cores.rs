@@ -77,6 +77,34 @@ where
     })
 }
 
+/// Runs native code `f` on this thread and then clears the upper halves of
+/// the vector registers, so that the guest code a core runs next is not
+/// slowed by them. tract's x86 assembly kernels return without `vzeroupper`;
+/// Cranelift mixes legacy-SSE moves into its AVX code, and on Intel CPUs
+/// with AVX-512 each such move then waits on a merge with the dirty upper
+/// state: a guest's tract ran 80× slower (ppocr-cls 5.4 ms → 415 ms) after a
+/// `wasi:nn` compute on the same core.
+pub fn run_native<R>(f: impl FnOnce() -> R) -> R {
+    let result = f();
+    zero_upper_vector_state();
+    result
+}
+
+#[cfg(target_arch = "x86_64")]
+fn zero_upper_vector_state() {
+    #[target_feature(enable = "avx")]
+    fn vzeroupper() {
+        std::arch::x86_64::_mm256_zeroupper();
+    }
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above).
+        unsafe { vzeroupper() }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn zero_upper_vector_state() {}
+
 /// True on a core's thread: blocking work here holds up only the instances
 /// of this core, which is where their CPU time would go anyway.
 pub fn on_core() -> bool {
@@ -95,6 +123,39 @@ mod tests {
             .name()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Dirties the upper halves of ymm0 as tract's kernels leave them: a
+    /// 256-bit instruction in a function the compiler does not know uses AVX,
+    /// so it adds no `vzeroupper` of its own.
+    #[cfg(target_arch = "x86_64")]
+    fn dirty_upper_vector_state() {
+        // SAFETY: only called when the CPU has AVX; clobbers xmm0 (ymm0).
+        unsafe { std::arch::asm!("vpcmpeqd ymm0, ymm0, ymm0", out("xmm0") _) };
+    }
+
+    /// Whether the upper halves of ymm0–15 are in use (XINUSE bit 2).
+    #[cfg(target_arch = "x86_64")]
+    fn upper_vector_state_in_use() -> bool {
+        let (lo, _hi): (u32, u32);
+        // SAFETY: XGETBV with ECX = 1 is supported (checked by the caller).
+        unsafe { std::arch::asm!("xgetbv", in("ecx") 1, out("eax") lo, out("edx") _hi) };
+        lo & (1 << 2) != 0
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn native_code_leaves_the_upper_vector_state_clean() {
+        // CPUID.(EAX=0Dh, ECX=1):EAX bit 2: XGETBV can report XINUSE.
+        let xinuse = std::arch::x86_64::__cpuid_count(0xd, 1).eax & (1 << 2) != 0;
+        assert!(
+            std::arch::is_x86_feature_detected!("avx") && xinuse,
+            "this test needs an x86-64 CPU with AVX and XGETBV's XINUSE"
+        );
+        dirty_upper_vector_state();
+        assert!(upper_vector_state_in_use(), "the probe did not dirty ymm0");
+        run_native(dirty_upper_vector_state);
+        assert!(!upper_vector_state_in_use());
     }
 
     #[tokio::test]

@@ -80,7 +80,7 @@ impl Model {
             // The instance's own core: its thread is ours to block, and
             // staying here saves two cross-CPU hand-offs per call.
             let started = Instant::now();
-            let result = self.backend.run(inputs);
+            let result = crate::cores::run_native(|| self.backend.run(inputs));
             return Ok(((result, started.elapsed()), RunsOn::Core));
         }
         let permit = slots
@@ -256,7 +256,7 @@ impl bindings::wasi::nn::graph::Host for NnView<'_> {
             .cloned();
         let model = match cached {
             Some(m) => m,
-            None => match TractBackend::from_onnx(bytes, &[]) {
+            None => match crate::cores::run_native(|| TractBackend::from_onnx(bytes, &[])) {
                 Ok(backend) => {
                     let model = Arc::new(Model {
                         name: format!("sha256:{}", hex::encode(digest)),

@@ -247,6 +247,19 @@ environment = {{ EDGEINFER_MODEL_NAME = "nope" }}
     .await;
 }
 
+/// The wasi:nn function carries neither a model nor an engine. Built in one
+/// `cargo build` with the tract functions, cargo would unify the kit's
+/// features and link tract into it as well.
+#[test]
+fn the_wasi_nn_function_carries_no_engine() {
+    let bytes = std::fs::read(artifacts::OIP_NN).unwrap();
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!has(b"tract-core"), "{} links tract", artifacts::OIP_NN);
+    // The check can see tract where it is linked in.
+    let sandboxed = std::fs::read(artifacts::OIP).unwrap();
+    assert!(sandboxed.windows(10).any(|w| w == b"tract-core"));
+}
+
 #[test]
 fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
     let digits = &MODELS[..1];

@@ -34,6 +34,8 @@ pub struct AddOptions {
 }
 
 /// The generic function every added model runs in, and its wasi:nn build.
+/// They are built by two commands: one `cargo build` of both would unify the
+/// kit's features and link tract into the wasi:nn build too.
 const GENERIC_CRATE: &str = "oip";
 const GENERIC_NN_CRATE: &str = "oip-nn";
 
@@ -176,7 +178,7 @@ source = "target/baked/{name}.wasm"
 files = [{{ source = "models/{name}", destination = "/model" }}]
 environment = {{ EDGEINFER_MODEL_NAME = "{name}"{shapes} }}
 [component.{name}.build]
-command = "cargo build --release -p {GENERIC_CRATE} -p {GENERIC_NN_CRATE}"
+command = ["cargo build --release -p {GENERIC_CRATE}", "cargo build --release -p {GENERIC_NN_CRATE}"]
 workdir = "functions"
 [component.{name}.tool.edgeinfer]
 bake = "target/wasm/wasm32-wasip2/release/{GENERIC_CRATE}.wasm"

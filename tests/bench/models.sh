@@ -19,7 +19,8 @@ models=("$@")
 [[ ${#models[@]} == 0 ]] && models=(digits filetype embed extra/squeezenet extra/ppocr-cls)
 
 rustup target add wasm32-wasip2 >&2
-(cd functions && cargo build --release -p oip -p oip-nn) >&2
+# Apart: built together, oip-nn would get the kit with tract linked in.
+(cd functions && cargo build --release -p oip && cargo build --release -p oip-nn) >&2
 if [[ -z "${EDGEINFER_BIN:-}" ]]; then
   cargo build --release -p edgeinfer >&2
   EDGEINFER_BIN=$PWD/target/release/edgeinfer

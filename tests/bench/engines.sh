@@ -22,14 +22,8 @@ ROUNDS=${ROUNDS:-2}
 
 rustup target add wasm32-wasip2 >&2
 need_load_tools
-if [[ -z "${EDGEINFER_BINS:-}" ]]; then
-  need_edgeinfer
-  EDGEINFER_BINS=$EDGEINFER_BIN
-fi
-if [[ -z "${PYTHON:-}" ]]; then
-  tests/ort-lib >/dev/null
-  PYTHON=target/py/bin/python
-fi
+need_edgeinfer_bins
+need_python
 
 # An app of its own beside the repo's functions and target dir, with the
 # model added twice by `edgeinfer models add`.

@@ -19,6 +19,24 @@ need_edgeinfer() {
   fi
 }
 
+# Sets EDGEINFER_BINS (hosts to compare, in turns) to the release build
+# unless it is given.
+need_edgeinfer_bins() {
+  if [[ -z "${EDGEINFER_BINS:-}" ]]; then
+    need_edgeinfer
+    EDGEINFER_BINS=$EDGEINFER_BIN
+  fi
+}
+
+# Sets PYTHON to a python with onnxruntime (the venv target/py, made by
+# tests/ort-lib) unless it is given.
+need_python() {
+  if [[ -z "${PYTHON:-}" ]]; then
+    tests/ort-lib >/dev/null
+    PYTHON=target/py/bin/python
+  fi
+}
+
 # Runs "$@" in the background with output to $2's log file ($1), reads the
 # address it bound from its startup line (no port races), and waits until
 # $url$ready_path answers 200. Sets pid and url.

@@ -14,6 +14,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source tests/bench/lib.sh
+BENCH=models
 ITERATIONS=${ITERATIONS:-200}
 models=("$@")
 [[ ${#models[@]} == 0 ]] && models=(digits filetype embed extra/squeezenet extra/ppocr-cls)
@@ -21,14 +23,8 @@ models=("$@")
 rustup target add wasm32-wasip2 >&2
 # Apart: built together, oip-nn would get the kit with tract linked in.
 (cd functions && cargo build --release -p oip && cargo build --release -p oip-nn) >&2
-if [[ -z "${EDGEINFER_BIN:-}" ]]; then
-  cargo build --release -p edgeinfer >&2
-  EDGEINFER_BIN=$PWD/target/release/edgeinfer
-fi
-if [[ -z "${PYTHON:-}" ]]; then
-  tests/ort-lib >/dev/null
-  PYTHON=target/py/bin/python
-fi
+need_edgeinfer
+need_python
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

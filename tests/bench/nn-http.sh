@@ -21,14 +21,8 @@ CONNECTIONS=${CONNECTIONS:-1 4}
 rustup target add wasm32-wasip2 >&2
 need_load_tools
 (cd functions && cargo build --release -p oip-nn) >&2
-if [[ -z "${EDGEINFER_BINS:-}" ]]; then
-  need_edgeinfer
-  EDGEINFER_BINS=$EDGEINFER_BIN
-fi
-if [[ -z "${PYTHON:-}" ]]; then
-  tests/ort-lib >/dev/null
-  PYTHON=target/py/bin/python
-fi
+need_edgeinfer_bins
+need_python
 
 tmp=$(mktemp -d)
 pid=""

@@ -19,12 +19,12 @@ fn main() {
 
     // `oip-nn` is built on its own: built with the others, cargo would unify
     // the kit's features and link tract into it (12 MB instead of 0.5 MB).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for args in [
         &["--workspace", "--exclude", "oip-nn"][..],
         &["--package", "oip-nn"][..],
     ] {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
+        let mut cmd = Command::new(&cargo);
         // functions/.cargo/config.toml sets the target, target dir and SIMD
         // flags, and cargo reads it from the working directory.
         cmd.current_dir(&functions)

@@ -102,9 +102,11 @@ impl OrtBackend {
         threads: usize,
     ) -> Result<Self> {
         let (library, env) = runtime(library)?;
+        // `All` (ORT_ENABLE_ALL), as Python's `InferenceSession` does by
+        // default; `ort`'s `Level3` is ORT_ENABLE_LAYOUT, one level short.
         let mut builder = Session::builder(env)
             .map_err(|e| anyhow!("{e}"))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| anyhow!("{e}"))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| anyhow!("{e}"))?;

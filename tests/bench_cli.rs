@@ -64,3 +64,39 @@ fn bench_reports_every_way_and_cleans_up() {
         state_dir.display()
     );
 }
+
+#[test]
+fn bench_times_only_the_ways_asked_for() {
+    let state_dir = shared_state_dir();
+    let out = common::cli(
+        &repo(),
+        &[
+            "bench",
+            "models/digits/model.onnx",
+            "--json",
+            "--iterations",
+            "3",
+            "--ways",
+            "backend,wasi-nn",
+            "--component",
+            artifacts::OIP,
+            "--state-dir",
+            state_dir.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    for way in ["backend_us", "wasi_nn_us", "wasi_nn_compute_us"] {
+        let p50 = report[way]["p50"].as_f64().unwrap_or(f64::NAN);
+        assert!(p50 > 0.0, "{way}: {}", report[way]);
+    }
+    for way in [
+        "native_us",
+        "wasm_us",
+        "cold_us",
+        "wasi_nn_cold_us",
+        "cold_over_warm_us",
+        "wasi_nn_cold_over_warm_us",
+    ] {
+        assert!(report[way].is_null(), "{way} was timed: {}", report[way]);
+    }
+}

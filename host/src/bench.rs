@@ -21,7 +21,8 @@
 //!
 //! The kinds take turns, [`BLOCK`] calls at a time after one untimed call,
 //! so drift in the machine's speed over the run falls on all of them alike
-//! and none is timed on caches another kind just filled.
+//! and none is timed on caches another kind just filled. `--ways` times only
+//! some of them; the sandbox is then baked only if a sandboxed way is timed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +80,28 @@ pub struct BenchOptions {
     pub component: PathBuf,
     #[arg(long, default_value = ".edgeinfer")]
     pub state_dir: PathBuf,
+    /// Time only these ways (comma-separated; default: all). The others are
+    /// left out of the turns, so that, say, the backend alone is timed as
+    /// Python times ONNX Runtime: call after call, nothing in between.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub ways: Vec<Way>,
+}
+
+/// The ways `bench` can time a model (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Way {
+    Native,
+    Wasm,
+    Cold,
+    WasiNn,
+    WasiNnCold,
+    Backend,
+}
+
+impl BenchOptions {
+    fn times(&self, way: Way) -> bool {
+        self.ways.is_empty() || self.ways.contains(&way)
+    }
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -88,17 +111,21 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(samples: Vec<Duration>) -> Summary {
+    /// `None` for a way that was not timed (JSON `null`).
+    fn of(samples: Vec<Duration>) -> Option<Summary> {
         Self::of_us(samples.iter().map(|d| d.as_secs_f64() * 1e6).collect())
     }
 
-    fn of_us(mut us: Vec<f64>) -> Summary {
+    fn of_us(mut us: Vec<f64>) -> Option<Summary> {
+        if us.is_empty() {
+            return None;
+        }
         us.sort_by(f64::total_cmp);
         let at = |q: f64| us[((us.len() as f64 - 1.0) * q).round() as usize];
-        Summary {
+        Some(Summary {
             p50: at(0.50),
             p99: at(0.99),
-        }
+        })
     }
 }
 
@@ -161,7 +188,11 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     // The sandbox: the generic function baked with this model.
     // `_work` holds the baked component and the mounted model: removed when
     // the run ends, however it ends.
-    let (runnable, _work) = sandboxed(opts, &bytes, &shapes.join(";")).await?;
+    let sandbox = if opts.times(Way::Wasm) || opts.times(Way::Cold) {
+        Some(sandboxed(opts, &bytes, &shapes.join(";")).await?)
+    } else {
+        None
+    };
     let post = |body: &[u8], header_length: Option<usize>| {
         // With its length, as any HTTP client sends it.
         let mut req = http::Request::post(format!("http://localhost/v2/models/{NAME}/infer"))
@@ -177,12 +208,18 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     let request = || post(&timed_body, header_length);
     // Each warm instance's first call is JSON, checked against native; the
     // timed ones are `timed_body`.
-    let warm = runnable.warm_instance().await?;
-    check_same(
-        &reference,
-        &warm.call(post(&body, None)).await?.1,
-        "in the sandbox",
-    )?;
+    let warm = match &sandbox {
+        Some((runnable, _)) => {
+            let warm = runnable.warm_instance().await?;
+            check_same(
+                &reference,
+                &warm.call(post(&body, None)).await?.1,
+                "in the sandbox",
+            )?;
+            Some(warm)
+        }
+        None => None,
+    };
     let cold_once = async |runnable: &Arc<Runnable>| -> Result<Duration> {
         let started = Instant::now();
         let response = runnable
@@ -273,24 +310,42 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         Vec::new(),
         Vec::new(),
     );
-    while native.len() < n {
-        let block = BLOCK.min(n - native.len());
-        timed_block(block, &mut native, async || {
-            let started = Instant::now();
-            native_once(&timed_body, header_length)?;
-            Ok(started.elapsed())
-        })
-        .await?;
-        timed_block(block, &mut wasm, async || Ok(warm.call(request()).await?.0)).await?;
-        timed_block(block, &mut cold, async || cold_once(&runnable).await).await?;
-        timed_block(block, &mut wasi_nn, async || {
-            let before = nn_warm.nn_compute();
-            let took = nn_warm.call(request()).await?.0;
-            Ok((took, nn_warm.nn_compute() - before))
-        })
-        .await?;
-        timed_block(block, &mut nn_fresh, async || cold_once(&nn_cold).await).await?;
-        timed_block(block, &mut direct, async || direct_once()).await?;
+    let mut done = 0;
+    while done < n {
+        let block = BLOCK.min(n - done);
+        done += block;
+        if opts.times(Way::Native) {
+            timed_block(block, &mut native, async || {
+                let started = Instant::now();
+                native_once(&timed_body, header_length)?;
+                Ok(started.elapsed())
+            })
+            .await?;
+        }
+        if let Some(warm) = &warm
+            && opts.times(Way::Wasm)
+        {
+            timed_block(block, &mut wasm, async || Ok(warm.call(request()).await?.0)).await?;
+        }
+        if let Some((runnable, _)) = &sandbox
+            && opts.times(Way::Cold)
+        {
+            timed_block(block, &mut cold, async || cold_once(runnable).await).await?;
+        }
+        if opts.times(Way::WasiNn) {
+            timed_block(block, &mut wasi_nn, async || {
+                let before = nn_warm.nn_compute();
+                let took = nn_warm.call(request()).await?.0;
+                Ok((took, nn_warm.nn_compute() - before))
+            })
+            .await?;
+        }
+        if opts.times(Way::WasiNnCold) {
+            timed_block(block, &mut nn_fresh, async || cold_once(&nn_cold).await).await?;
+        }
+        if opts.times(Way::Backend) {
+            timed_block(block, &mut direct, async || direct_once()).await?;
+        }
     }
     let (wasi_nn, compute): (Vec<Duration>, Vec<Duration>) = wasi_nn.into_iter().unzip();
 
@@ -354,7 +409,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
 }
 
 /// p50 and p99 of `a[k] - b[k]` in µs (signed: cold can beat warm).
-fn paired_difference(a: &[Duration], b: &[Duration]) -> Summary {
+fn paired_difference(a: &[Duration], b: &[Duration]) -> Option<Summary> {
     Summary::of_us(
         a.iter()
             .zip(b)
@@ -403,7 +458,12 @@ fn print_table(report: &Value) {
         }
         let p50 = s["p50"].as_f64().unwrap_or(f64::NAN);
         let p99 = s["p99"].as_f64().unwrap_or(f64::NAN);
-        println!("{label:<10} {p50:>12.1} {p99:>12.1} {:>9.2}×", p50 / native);
+        let ratio = if native.is_finite() {
+            format!("{:>9.2}×", p50 / native)
+        } else {
+            String::new()
+        };
+        println!("{label:<10} {p50:>12.1} {p99:>12.1} {ratio}");
     }
     for (label, key, what) in [
         ("cold-wasm", "cold_over_warm_us", "cold less wasm"),
@@ -414,6 +474,10 @@ fn print_table(report: &Value) {
         ),
     ] {
         let d = &report[key];
+        if d.is_null() {
+            println!("{label:<10} {:>12} {:>12}  ({what})", "n/a", "n/a");
+            continue;
+        }
         println!(
             "{label:<10} {:>12.1} {:>12.1}  ({what}, call by call)",
             d["p50"].as_f64().unwrap_or(f64::NAN),

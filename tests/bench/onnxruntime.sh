@@ -3,6 +3,8 @@
 # (the onnxruntime 1.32.0 wheel's libonnxruntime.so), the same model, input
 # and intra-op thread count, timed in one run. `backend` is the host's
 # backend called directly; `wasi-nn` adds the guest (oip-nn, warm instance).
+# Only those two take turns (`bench --ways`): the sandboxed ways would evict
+# the model from the caches between calls, where Python's loop runs nothing.
 #
 # Usage: tests/bench/onnxruntime.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet)
 # Env:   ITERATIONS (default 200, per round), THREADS (default 1),
@@ -42,7 +44,7 @@ for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     py=$("$PYTHON" models/bench.py "$m" --json --runs "$ITERATIONS" --threads "$THREADS")
     ours=$("$EDGEINFER_BIN" bench "models/$m/model.onnx" --input "$tmp/req.json" \
-      --backend onnxruntime --threads "$THREADS" \
+      --backend onnxruntime --threads "$THREADS" --ways backend,wasi-nn \
       --iterations "$ITERATIONS" --state-dir target/bench-state --json ${BINARY:+--binary})
     rounds+=("{\"py\": $py, \"ours\": $ours}")
   done

@@ -19,26 +19,27 @@ fn leftovers(state_dir: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `edgeinfer bench` on digits, three calls a way, with `args` added: its
+/// JSON report.
+fn bench(state_dir: &std::path::Path, args: &[&str]) -> Value {
+    let state = state_dir.to_str().expect("a UTF-8 path");
+    let mut all = vec![
+        "bench",
+        "models/digits/model.onnx",
+        "--json",
+        "--iterations",
+        "3",
+        "--state-dir",
+        state,
+    ];
+    all.extend_from_slice(args);
+    serde_json::from_str(&common::cli(&repo(), &all)).expect("one JSON object")
+}
+
 #[test]
 fn bench_reports_every_way_and_cleans_up() {
     let state_dir = shared_state_dir();
-    let state = state_dir.to_str().expect("a UTF-8 path");
-    let out = common::cli(
-        &repo(),
-        &[
-            "bench",
-            "models/digits/model.onnx",
-            "--json",
-            "--binary",
-            "--iterations",
-            "3",
-            "--component",
-            artifacts::OIP,
-            "--state-dir",
-            state,
-        ],
-    );
-    let report: Value = serde_json::from_str(&out).expect("one JSON object");
+    let report = bench(&state_dir, &["--binary", "--component", artifacts::OIP]);
     assert_eq!(report["iterations"], 3);
     for way in [
         "native_us",
@@ -68,23 +69,10 @@ fn bench_reports_every_way_and_cleans_up() {
 #[test]
 fn bench_times_only_the_ways_asked_for() {
     let state_dir = shared_state_dir();
-    let out = common::cli(
-        &repo(),
-        &[
-            "bench",
-            "models/digits/model.onnx",
-            "--json",
-            "--iterations",
-            "3",
-            "--ways",
-            "backend,wasi-nn",
-            "--component",
-            artifacts::OIP,
-            "--state-dir",
-            state_dir.to_str().expect("a UTF-8 path"),
-        ],
+    let report = bench(
+        &state_dir,
+        &["--ways", "backend,wasi-nn", "--component", artifacts::OIP],
     );
-    let report: Value = serde_json::from_str(&out).expect("one JSON object");
     for way in ["backend_us", "wasi_nn_us", "wasi_nn_compute_us"] {
         let p50 = report[way]["p50"].as_f64().unwrap_or(f64::NAN);
         assert!(p50 > 0.0, "{way}: {}", report[way]);
@@ -99,4 +87,12 @@ fn bench_times_only_the_ways_asked_for() {
     ] {
         assert!(report[way].is_null(), "{way} was timed: {}", report[way]);
     }
+
+    // Native alone needs neither function: none is loaded, so none need exist.
+    let report = bench(
+        &state_dir,
+        &["--ways", "native", "--component", "no/such/dir/oip.wasm"],
+    );
+    assert!(report["native_us"]["p50"].as_f64().unwrap_or(f64::NAN) > 0.0);
+    assert!(report["wasi_nn_us"].is_null() && report["wasm_us"].is_null());
 }

@@ -22,7 +22,8 @@
 //! The kinds take turns, [`BLOCK`] calls at a time after one untimed call,
 //! so drift in the machine's speed over the run falls on all of them alike
 //! and none is timed on caches another kind just filled. `--ways` times only
-//! some of them; the sandbox is then baked only if a sandboxed way is timed.
+//! some of them; the sandbox is then baked, and the wasi:nn function loaded,
+//! only if a way that needs it is timed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use kit::tensor::{DataType, Tensor, TensorData};
 use serde_json::{Value, json};
 
 use crate::engine::{CompileCache, EpochClock, PoolSettings, new_engine};
-use crate::invoke::{Runnable, full_body};
+use crate::invoke::{Request, Runnable, WarmInstance, full_body};
 use crate::outbound::OutboundPolicy;
 use crate::sandbox::{self, Capabilities};
 
@@ -210,13 +211,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     // timed ones are `timed_body`.
     let warm = match &sandbox {
         Some((runnable, _)) => {
-            let warm = runnable.warm_instance().await?;
-            check_same(
-                &reference,
-                &warm.call(post(&body, None)).await?.1,
-                "in the sandbox",
-            )?;
-            Some(warm)
+            Some(checked_warm(runnable, post(&body, None), &reference, "in the sandbox").await?)
         }
         None => None,
     };
@@ -242,8 +237,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     };
 
     // wasi:nn: the host runs the model; the function only converts tensors.
+    let times_nn = opts.times(Way::WasiNn) || opts.times(Way::WasiNnCold) || opts.concurrency > 1;
     let nn_component = opts.component.with_file_name("oip_nn.wasm");
-    if !nn_component.exists() {
+    if times_nn && !nn_component.exists() {
         bail!(
             "{} does not exist: build it with `cargo build --release -p oip-nn` in functions/",
             nn_component.display()
@@ -290,13 +286,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         };
         ready(opts, caps, &nn_component)
     };
-    let nn_cold = nn_runnable(1)?;
-    let nn_warm = nn_cold.warm_instance().await?;
-    check_same(
-        &reference,
-        &nn_warm.call(post(&body, None)).await?.1,
-        "through wasi:nn",
-    )?;
+    // The function with a fresh instance per call, and one warm instance.
+    let nn = if times_nn {
+        let fresh = nn_runnable(1)?;
+        let warm = checked_warm(&fresh, post(&body, None), &reference, "through wasi:nn").await?;
+        Some((fresh, warm))
+    } else {
+        None
+    };
 
     // Every way in turn, a block of calls each, so that the machine's drift
     // over the run touches them all alike and their ratios hold. Within a
@@ -332,7 +329,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         {
             timed_block(block, &mut cold, async || cold_once(runnable).await).await?;
         }
-        if opts.times(Way::WasiNn) {
+        if let Some((_, nn_warm)) = &nn
+            && opts.times(Way::WasiNn)
+        {
             timed_block(block, &mut wasi_nn, async || {
                 let before = nn_warm.nn_compute();
                 let took = nn_warm.call(request()).await?.0;
@@ -340,8 +339,10 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             })
             .await?;
         }
-        if opts.times(Way::WasiNnCold) {
-            timed_block(block, &mut nn_fresh, async || cold_once(&nn_cold).await).await?;
+        if let Some((nn_cold, _)) = &nn
+            && opts.times(Way::WasiNnCold)
+        {
+            timed_block(block, &mut nn_fresh, async || cold_once(nn_cold).await).await?;
         }
         if opts.times(Way::Backend) {
             timed_block(block, &mut direct, async || direct_once()).await?;
@@ -564,6 +565,19 @@ fn create(dir: &Path) -> Result<&Path> {
 }
 
 /// Both runs must agree, or the timing compares different work.
+/// A warm instance of `runnable` whose first call, `first`, answered as
+/// native tract did.
+async fn checked_warm(
+    runnable: &Runnable,
+    first: Request,
+    native: &Value,
+    what: &str,
+) -> Result<WarmInstance> {
+    let warm = runnable.warm_instance().await?;
+    check_same(native, &warm.call(first).await?.1, what)?;
+    Ok(warm)
+}
+
 fn check_same(native: &Value, sandboxed: &[u8], what: &str) -> Result<()> {
     let got: Value = serde_json::from_slice(sandboxed).with_context(|| {
         format!(

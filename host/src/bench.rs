@@ -564,7 +564,6 @@ fn create(dir: &Path) -> Result<&Path> {
     Ok(dir)
 }
 
-/// Both runs must agree, or the timing compares different work.
 /// A warm instance of `runnable` whose first call, `first`, answered as
 /// native tract did.
 async fn checked_warm(
@@ -578,6 +577,7 @@ async fn checked_warm(
     Ok(warm)
 }
 
+/// Both runs must agree, or the timing compares different work.
 fn check_same(native: &Value, sandboxed: &[u8], what: &str) -> Result<()> {
     let got: Value = serde_json::from_slice(sandboxed).with_context(|| {
         format!(

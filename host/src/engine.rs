@@ -50,7 +50,9 @@ impl Default for PoolSettings {
         Self {
             instances: Self::DEFAULT_INSTANCES,
             max_memory_bytes: 256 << 20,
-            keep_resident_bytes: 4 << 20,
+            // Above a function's dirty set (filetype's calls dirty ~5 MiB),
+            // so its next instance starts on resident pages; see `new_engine`.
+            keep_resident_bytes: 16 << 20,
         }
     }
 }
@@ -87,7 +89,10 @@ pub fn new_engine(pool: &PoolSettings, fuel: bool) -> Result<Engine> {
     // A fresh instance per request lives or dies by slot reuse. Keep reused
     // slots' pages mapped and, where the kernel has PAGEMAP_SCAN (6.7+), reset
     // only the pages the last instance dirtied instead of page-faulting them
-    // all back in.
+    // all back in. The scan resets in place at most `keep_resident` bytes in
+    // at most 32 runs (wasmtime's `MAX_REGIONS`); what lies past that is
+    // decommitted, and the next instance faults it back in (~2 µs a page
+    // here), which is most of a cold call's extra time.
     pooling.pagemap_scan(wasmtime::Enabled::Auto);
     pooling.linear_memory_keep_resident(pool.keep_resident_bytes);
     pooling.table_keep_resident(64 << 10);

@@ -91,7 +91,7 @@ pub fn new_engine(pool: &PoolSettings, fuel: bool) -> Result<Engine> {
     // only the pages the last instance dirtied instead of page-faulting them
     // all back in. The scan resets in place at most `keep_resident` bytes in
     // at most 32 runs (wasmtime's `MAX_REGIONS`); what lies past that is
-    // decommitted, and the next instance faults it back in (~2 µs a page
+    // decommitted, and the next instance faults it back in (1–2 µs a page
     // here), which is most of a cold call's extra time.
     pooling.pagemap_scan(wasmtime::Enabled::Auto);
     pooling.linear_memory_keep_resident(pool.keep_resident_bytes);

@@ -95,4 +95,29 @@ fn bench_times_only_the_ways_asked_for() {
     );
     assert!(report["native_us"]["p50"].as_f64().unwrap_or(f64::NAN) > 0.0);
     assert!(report["wasi_nn_us"].is_null() && report["wasm_us"].is_null());
+
+    // Nor a backend no way runs: ONNX Runtime is not loaded, so a library
+    // that is not there does not matter.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .current_dir(repo())
+        .args([
+            "bench",
+            "models/digits/model.onnx",
+            "--json",
+            "--iterations",
+            "3",
+        ])
+        .args(["--state-dir", state_dir.to_str().expect("a UTF-8 path")])
+        .args(["--ways", "native", "--backend", "onnxruntime"])
+        .env("ORT_DYLIB_PATH", "/no/such/libonnxruntime.so")
+        .output()
+        .expect("running edgeinfer");
+    assert!(
+        out.status.success(),
+        "bench --ways native loaded the backend: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(report["native_us"]["p50"].as_f64().unwrap_or(f64::NAN) > 0.0);
+    assert!(report["backend"].is_null(), "{}", report["backend"]);
 }

@@ -251,9 +251,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         threads: Some(opts.threads),
         ..crate::nn::NnModelConfig::default()
     };
+    // The backend is loaded only if a way runs it (`--backend onnxruntime
+    // --ways native` needs no ONNX Runtime); else tract's stands in, unused.
+    let uses_backend = times_nn || opts.times(Way::Backend);
     let backend: Arc<dyn crate::nn::Backend> = match opts.backend {
-        crate::nn::BackendKind::Tract => tract.clone(),
-        crate::nn::BackendKind::Onnxruntime => config.backend(&bytes, Path::new("."))?,
+        crate::nn::BackendKind::Onnxruntime if uses_backend => {
+            config.backend(&bytes, Path::new("."))?
+        }
+        _ => tract.clone(),
     };
     // The backend alone, on the tensors the guest would hand it.
     let tensors: Vec<(String, crate::nn::NnTensor)> = inputs
@@ -267,7 +272,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", backend.name()))?;
         Ok(started.elapsed())
     };
-    direct_once()?;
+    if uses_backend {
+        direct_once()?;
+    }
     let nn_runnable = |max_batch: usize| -> Result<Arc<Runnable>> {
         let config = crate::nn::NnModelConfig {
             max_batch_size: max_batch as u32,
@@ -395,7 +402,11 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "wasi_nn_compute_us": Summary::of(compute),
         "wasi_nn_cold_us": Summary::of(nn_fresh),
         "wasi_nn_cold_over_warm_us": nn_cold_over_warm,
-        "backend": { "name": backend.name(), "threads": opts.threads },
+        "backend": if uses_backend {
+            json!({ "name": backend.name(), "threads": opts.threads })
+        } else {
+            Value::Null
+        },
         "backend_us": Summary::of(direct),
         "cold_us": Summary::of(cold),
         "cold_over_warm_us": cold_over_warm,
@@ -485,12 +496,14 @@ fn print_table(report: &Value) {
             d["p99"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    println!(
-        "(wasi-nn and backend: {}, {} thread(s); compute = the backend's share of each wasi-nn \
-         call, run on the instance's core; backend = the host backend called directly)",
-        report["backend"]["name"].as_str().unwrap_or_default(),
-        report["backend"]["threads"]
-    );
+    if !report["backend"].is_null() {
+        println!(
+            "(wasi-nn and backend: {}, {} thread(s); compute = the backend's share of each \
+             wasi-nn call, run on the instance's core; backend = the host backend called directly)",
+            report["backend"]["name"].as_str().unwrap_or_default(),
+            report["backend"]["threads"]
+        );
+    }
     let t = &report["wasi_nn_throughput"];
     if !t.is_null() {
         let rps = |k: &str| t["calls_per_s"][k].as_f64().unwrap_or(f64::NAN);

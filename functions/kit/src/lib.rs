@@ -10,6 +10,8 @@
 //! - [`respond`]: JSON replies, OIP responses and metadata, errors.
 //! - [`oip`]: the OIP v2 router for one model.
 //! - [`export_wizer_init!`]: the pre-initialization hook.
+//! - `heap` (wasm only): the allocator; after pre-initialization, requests
+//!   allocate above the baked image.
 //!
 //! ```ignore
 //! static MODEL: LazyEngine<TractEngine> =
@@ -27,6 +29,13 @@ pub mod tensor;
 
 pub use error::KitError;
 
+#[cfg(target_arch = "wasm32")]
+pub mod heap;
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: heap::TwoPhase = heap::TwoPhase;
+
 /// Not public API: what [`export_wizer_init!`] expands to needs.
 #[doc(hidden)]
 pub mod __private {
@@ -38,8 +47,10 @@ pub mod __private {
 /// `--keep-init-func=true`) calls it once at build time and snapshots the
 /// instance, so whatever `$init` leaves in statics, typically an engine in a
 /// [`LazyEngine`](engine::LazyEngine) via `MODEL.init()`, is ready in every fresh
-/// instance. Requests still work without pre-initialization: the engine is then
-/// built on first use. Use it once per component crate, at the crate root.
+/// instance. After `$init` the allocator moves to the request heap (`heap`), so
+/// that what requests allocate lies above the image. Requests still work
+/// without pre-initialization: the engine is then built on first use, in
+/// std's heap. Use it once per component crate, at the crate root.
 #[macro_export]
 macro_rules! export_wizer_init {
     ($init:expr) => {
@@ -58,7 +69,9 @@ macro_rules! export_wizer_init {
 
             impl Guest for Init {
                 fn wizer_initialize() {
-                    (super::__KIT_WIZER_INIT)()
+                    (super::__KIT_WIZER_INIT)();
+                    #[cfg(target_arch = "wasm32")]
+                    $crate::heap::seal();
                 }
             }
 

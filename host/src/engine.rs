@@ -52,7 +52,9 @@ impl Default for PoolSettings {
             max_memory_bytes: 256 << 20,
             // Above a function's dirty set (filetype's calls dirty ~5 MiB),
             // so its next instance starts on resident pages; see `new_engine`.
-            keep_resident_bytes: 16 << 20,
+            // As large as a kit function's request heap, whose pages are
+            // the ones a request dirties.
+            keep_resident_bytes: kit::REQUEST_HEAP_RESERVE,
         }
     }
 }

@@ -11,10 +11,11 @@
 //! heap above the image it is a single run, plus the few image pages a run
 //! writes (reference counts, the plan's state).
 //!
-//! The heap starts as [`RESERVE_BYTES`] of zero pages grown at the end of
-//! pre-initialization and never written there, so they cost the image
-//! nothing and a request need not grow memory (whose reset would re-protect
-//! it). Past the reserve it grows memory as usual.
+//! The heap starts as [`REQUEST_HEAP_RESERVE`](crate::REQUEST_HEAP_RESERVE)
+//! bytes of zero pages grown at the end of pre-initialization and never
+//! written there, so they cost the image nothing and a request need not grow
+//! memory (whose reset would re-protect it). Past the reserve it grows memory
+//! as usual.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
@@ -22,10 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dlmalloc::Dlmalloc;
 
-/// The zero pages set aside for requests: as much as the host keeps resident
-/// per slot (`PoolSettings::keep_resident_bytes`); pages dirtied past that are
-/// decommitted at reset anyway.
-pub const RESERVE_BYTES: usize = 16 << 20;
+use crate::REQUEST_HEAP_RESERVE as RESERVE_BYTES;
 
 const WASM_PAGE: usize = 64 << 10;
 

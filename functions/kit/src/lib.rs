@@ -32,6 +32,12 @@ pub use error::KitError;
 #[cfg(target_arch = "wasm32")]
 pub mod heap;
 
+/// The zero pages a pre-initialized function sets aside above its image for
+/// what requests allocate (`heap`). The host keeps as much of each memory
+/// slot resident between instances; past that, dirty pages are decommitted
+/// at reset anyway.
+pub const REQUEST_HEAP_RESERVE: usize = 16 << 20;
+
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: heap::TwoPhase = heap::TwoPhase;

@@ -70,6 +70,16 @@ async fn digits_matches_onnx_runtime_and_scores_on_the_heldout_split() {
     }
     let accuracy = correct as f64 / samples.len() as f64;
     assert!(accuracy >= 0.95, "held-out accuracy {accuracy}");
+
+    // Pre-initialization ended by setting the kit's request heap aside above
+    // the image, so it is in every instance's memory (digits' image alone is
+    // about 2 MiB).
+    let events = host.events();
+    assert!(events.len() > samples.len(), "{} records", events.len());
+    for e in &events {
+        let memory = e["max_memory_bytes"].as_u64().unwrap_or_default();
+        assert!(memory >= kit::REQUEST_HEAP_RESERVE as u64, "{e}");
+    }
 }
 
 #[tokio::test]

@@ -22,6 +22,11 @@ fn leftovers(state_dir: &std::path::Path) -> Vec<String> {
 /// `edgeinfer bench` on digits, three calls a way, with `args` added: its
 /// JSON report.
 fn bench(state_dir: &std::path::Path, args: &[&str]) -> Value {
+    bench_with_env(state_dir, args, &[])
+}
+
+/// [`bench`] with `env` added to the command's environment.
+fn bench_with_env(state_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Value {
     let state = state_dir.to_str().expect("a UTF-8 path");
     let mut all = vec![
         "bench",
@@ -33,7 +38,7 @@ fn bench(state_dir: &std::path::Path, args: &[&str]) -> Value {
         state,
     ];
     all.extend_from_slice(args);
-    serde_json::from_str(&common::cli(&repo(), &all)).expect("one JSON object")
+    serde_json::from_str(&common::cli_with_env(&repo(), &all, env)).expect("one JSON object")
 }
 
 #[test]
@@ -98,26 +103,11 @@ fn bench_times_only_the_ways_asked_for() {
 
     // Nor a backend no way runs: ONNX Runtime is not loaded, so a library
     // that is not there does not matter.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .current_dir(repo())
-        .args([
-            "bench",
-            "models/digits/model.onnx",
-            "--json",
-            "--iterations",
-            "3",
-        ])
-        .args(["--state-dir", state_dir.to_str().expect("a UTF-8 path")])
-        .args(["--ways", "native", "--backend", "onnxruntime"])
-        .env("ORT_DYLIB_PATH", "/no/such/libonnxruntime.so")
-        .output()
-        .expect("running edgeinfer");
-    assert!(
-        out.status.success(),
-        "bench --ways native loaded the backend: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = bench_with_env(
+        &state_dir,
+        &["--ways", "native", "--backend", "onnxruntime"],
+        &[("ORT_DYLIB_PATH", "/no/such/libonnxruntime.so")],
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert!(report["native_us"]["p50"].as_f64().unwrap_or(f64::NAN) > 0.0);
     assert!(report["backend"].is_null(), "{}", report["backend"]);
 }

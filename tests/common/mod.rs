@@ -151,10 +151,16 @@ impl App {
 /// Runs the `edgeinfer` CLI in `dir`, on the database of the app there;
 /// returns stdout and fails the test if the command fails.
 pub fn cli(dir: &Path, args: &[&str]) -> String {
+    cli_with_env(dir, args, &[])
+}
+
+/// [`cli`] with `env` added to the command's environment.
+pub fn cli_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
         .current_dir(dir)
         .args(args)
         .env("EDGEINFER_DB", dir.join("edgeinfer.db"))
+        .envs(env.iter().copied())
         .output()
         .expect("running edgeinfer");
     assert!(

@@ -3,9 +3,11 @@
 //! and every dim but the first), are stacked along dim 0, run once, and the
 //! outputs split back along dim 0. Each caller gets exactly what it would
 //! have had alone; a model whose dim 0 is not a batch dim is found out on
-//! its first batch and runs unbatched from then on.
+//! its first batch and runs unbatched from then on. One thread per core
+//! runs batches, and each gathers at most its share of the calls in flight,
+//! so that concurrent calls spread over the cores.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,32 @@ struct Job {
 /// the previous ones run.
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+/// What the batch threads of one model share.
+struct Shared {
+    rx: Mutex<mpsc::Receiver<Job>>,
+    /// Cleared when the model turns out not to batch along dim 0.
+    batchable: AtomicBool,
+    /// Calls queued or running: a thread gathers at most its share of them.
+    in_flight: AtomicUsize,
+    threads: usize,
+}
+
+impl Shared {
+    /// How many calls one thread gathers: up to `max_batch`, but no more than
+    /// its share of the calls in flight (at least two, so that a lone call
+    /// still waits out the delay for company). A thread that gathered up to
+    /// `max_batch` left the other threads the stragglers to run one by one:
+    /// 16 callers on 2 threads ran in batches of 13–15 beside batches of 1.
+    fn batch_target(&self, max_batch: usize) -> usize {
+        let share = self
+            .in_flight
+            .load(Ordering::Relaxed)
+            .div_ceil(self.threads);
+        max_batch.min(share.max(2))
+    }
 }
 
 impl Batcher {
@@ -38,25 +66,27 @@ impl Batcher {
         delay: Duration,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let rx = Arc::new(Mutex::new(rx));
-        let batchable = Arc::new(AtomicBool::new(true));
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..cores {
-            let (model, backend, rx, batchable) = (
-                name.to_string(),
-                backend.clone(),
-                rx.clone(),
-                batchable.clone(),
-            );
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shared = Arc::new(Shared {
+            rx: Mutex::new(rx),
+            batchable: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            threads,
+        });
+        for i in 0..threads {
+            let (model, backend, shared) = (name.to_string(), backend.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("batch-{name}-{i}"))
-                .spawn(move || run(&model, backend.as_ref(), &rx, &batchable, max_batch, delay))?;
+                .spawn(move || run(&model, backend.as_ref(), &shared, max_batch, delay))?;
         }
-        Ok(Self { tx })
+        Ok(Self { tx, shared })
     }
 
     pub async fn compute(&self, inputs: Named) -> Outcome {
         let (reply, rx) = oneshot::channel();
+        // Counted until this call has its answer (or is given up).
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.shared.in_flight);
         if self.tx.send(Job { inputs, reply }).is_err() {
             return (
                 Err(NnError::runtime("the batcher has stopped")),
@@ -72,20 +102,22 @@ impl Batcher {
     }
 }
 
-fn run(
-    model: &str,
-    backend: &dyn Backend,
-    rx: &Mutex<mpsc::Receiver<Job>>,
-    batchable: &AtomicBool,
-    max_batch: usize,
-    delay: Duration,
-) {
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn run(model: &str, backend: &dyn Backend, shared: &Shared, max_batch: usize, delay: Duration) {
+    let batchable = &shared.batchable;
     let mut next: Option<Job> = None;
     loop {
         // Gather a batch while holding the queue; run it after letting go.
         let mut batch = Vec::new();
         {
-            let Ok(rx) = rx.lock() else { return };
+            let Ok(rx) = shared.rx.lock() else { return };
             let first = match next.take() {
                 Some(j) => j,
                 None => match rx.recv() {
@@ -96,7 +128,8 @@ fn run(
             batch.push(first);
             if batchable.load(Ordering::Relaxed) {
                 let deadline = Instant::now() + delay;
-                while batch.len() < max_batch {
+                // Re-read as calls arrive: more in flight, bigger shares.
+                while batch.len() < shared.batch_target(max_batch) {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(left) {
                         Ok(j) if compatible(&batch[0].inputs, &j.inputs) => batch.push(j),
@@ -208,4 +241,27 @@ fn split(outputs: Named, sizes: &[u32]) -> Option<Vec<Named>> {
         }
     }
     Some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_calls_are_shared_out_among_the_threads() {
+        let (_tx, rx) = mpsc::channel();
+        let shared = Shared {
+            rx: Mutex::new(rx),
+            batchable: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            threads: 2,
+        };
+        // (calls in flight, batch one thread gathers) with max_batch 16.
+        for (in_flight, target) in [(1, 2), (2, 2), (4, 2), (5, 3), (16, 8), (17, 9), (64, 16)] {
+            shared.in_flight.store(in_flight, Ordering::Relaxed);
+            assert_eq!(shared.batch_target(16), target, "{in_flight} in flight");
+        }
+        shared.in_flight.store(64, Ordering::Relaxed);
+        assert_eq!(shared.batch_target(4), 4, "never past max_batch");
+    }
 }

@@ -50,10 +50,18 @@ fn start(i: usize) -> Core {
     }
 }
 
-/// Decrements a core's load when its task ends, however it ends.
-struct Loaded(&'static AtomicUsize);
+/// One more in `count` for as long as it lives: counted out when the work
+/// it stands for ends, however it ends (finished, failed or dropped).
+pub struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for Loaded {
+impl<'a> Counted<'a> {
+    pub fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -69,8 +77,7 @@ where
         .iter()
         .min_by_key(|c| c.load.load(Ordering::Relaxed))
         .expect("at least one core");
-    core.load.fetch_add(1, Ordering::Relaxed);
-    let loaded = Loaded(&core.load);
+    let loaded = Counted::enter(&core.load);
     core.handle.spawn(async move {
         let _loaded = loaded;
         task.await

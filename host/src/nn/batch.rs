@@ -84,9 +84,8 @@ impl Batcher {
 
     pub async fn compute(&self, inputs: Named) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        // Counted until this call has its answer (or is given up).
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&self.shared.in_flight);
+        // In flight until this call has its answer (or is given up).
+        let _in_flight = crate::cores::Counted::enter(&self.shared.in_flight);
         if self.tx.send(Job { inputs, reply }).is_err() {
             return (
                 Err(NnError::runtime("the batcher has stopped")),
@@ -99,14 +98,6 @@ impl Batcher {
                 Duration::ZERO,
             )
         })
-    }
-}
-
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

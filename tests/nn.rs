@@ -328,5 +328,44 @@ async fn batched_calls_each_get_their_own_answer() {
         batches < 32.0,
         "some calls were batched together: {batches} batches"
     );
+    assert_eq!(
+        metric(&host, "edgeinfer_nn_batching", "model=\"digits\"").await,
+        1.0,
+        "batching is still on"
+    );
     println!("32 concurrent calls ran in {batches} batches");
+}
+
+/// squeezenet's input is a fixed `[1,3,224,224]`: a stacked batch fails,
+/// each call is run alone and still answered, and from then on the model's
+/// calls bypass the batcher.
+#[tokio::test]
+async fn a_model_that_cannot_batch_is_run_unbatched() {
+    let squeezenet = &MODELS[3..4];
+    assert_eq!(squeezenet[0].0, "squeezenet");
+    let host = app(
+        squeezenet,
+        "max_batch_size = 4\nmax_queue_delay_us = 500000\n",
+    )
+    .start()
+    .await;
+    let reference = read_json("models/extra/squeezenet/reference.json");
+    let cases = reference.as_array().unwrap();
+    let calls =
+        (0..4).map(|i| infer_matches_reference(&host, "squeezenet", &cases[i % cases.len()]));
+    futures::future::join_all(calls).await;
+    let label = "model=\"squeezenet\"";
+    assert_eq!(metric(&host, "edgeinfer_nn_batching", label).await, 0.0);
+    infer_matches_reference(&host, "squeezenet", &cases[0]).await;
+    let runs_on = |at| format!("model=\"squeezenet\",runs_on=\"{at}\"");
+    assert_eq!(
+        metric(&host, "edgeinfer_nn_computes_total", &runs_on("batch")).await,
+        4.0,
+        "the racing calls ran on the batcher"
+    );
+    assert_eq!(
+        metric(&host, "edgeinfer_nn_computes_total", &runs_on("core")).await,
+        1.0,
+        "the last call ran on its instance's core"
+    );
 }

@@ -363,24 +363,31 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         let mut rps = serde_json::Map::new();
         for (label, max_batch) in [("unbatched", 1), ("batched", opts.concurrency)] {
             let runnable = nn_runnable(max_batch)?;
-            let started = Instant::now();
-            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let workers = (0..opts.concurrency).map(|_| {
-                let (runnable, next, request) = (runnable.clone(), next.clone(), &request);
-                async move {
-                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                        let response = runnable
-                            .handle(request())
-                            .await
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                        http_body_util::BodyExt::collect(response.into_body())
-                            .await
-                            .map_err(|e| anyhow::anyhow!("reading the response: {e:?}"))?;
+            // `calls` calls, `concurrency` at a time.
+            let drive = async |calls: usize| {
+                let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let workers = (0..opts.concurrency).map(|_| {
+                    let (runnable, next, request) = (runnable.clone(), next.clone(), &request);
+                    async move {
+                        while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < calls {
+                            let response = runnable
+                                .handle(request())
+                                .await
+                                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                            http_body_util::BodyExt::collect(response.into_body())
+                                .await
+                                .map_err(|e| anyhow::anyhow!("reading the response: {e:?}"))?;
+                        }
+                        anyhow::Ok(())
                     }
-                    anyhow::Ok(())
-                }
-            });
-            futures::future::try_join_all(workers).await?;
+                });
+                futures::future::try_join_all(workers).await.map(drop)
+            };
+            // Untimed first, as a model in steady use: the batcher has made
+            // its trial of whether batching pays (see `nn::batch`).
+            drive(n).await?;
+            let started = Instant::now();
+            drive(n).await?;
             rps.insert(
                 label.into(),
                 json!(n as f64 / started.elapsed().as_secs_f64()),

@@ -187,6 +187,9 @@ pub struct Metrics {
     /// `edgeinfer_nn_computes_total{model,runs_on}`: wasi-nn computes by
     /// where they ran (apart from the contract's duration histogram).
     pub nn_computes: Family<ModelRunsOnLabels, Counter>,
+    /// `edgeinfer_nn_batching{model}`: 1 while a model's calls are batched,
+    /// 0 once its batcher found that batching does not pay (or cannot work).
+    pub nn_batching: Family<ModelLabel, Gauge>,
 }
 
 impl Metrics {
@@ -280,6 +283,12 @@ impl Metrics {
             "Host-side (wasi-nn) computes, by where they ran",
             Listed(nn_computes.clone()),
         );
+        let nn_batching = Family::<ModelLabel, Gauge>::default();
+        registry.register(
+            "nn_batching",
+            "1 while a model's wasi-nn calls are batched, 0 once batching is off for it",
+            Listed(nn_batching.clone()),
+        );
         Self {
             registry,
             requests,
@@ -296,6 +305,7 @@ impl Metrics {
             reloads,
             nn_model_loads,
             nn_computes,
+            nn_batching,
         }
     }
 
@@ -322,6 +332,14 @@ impl Metrics {
                 model: model.to_string(),
             })
             .observe(size as f64);
+    }
+
+    pub fn set_batching(&self, model: &str, on: bool) {
+        self.nn_batching
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .set(i64::from(on));
     }
 
     pub fn nn_model_loaded(&self, model: &str) {

@@ -6,6 +6,12 @@
 //! its first batch and runs unbatched from then on. One thread per core
 //! runs batches, and each gathers at most its share of the calls in flight,
 //! so that concurrent calls spread over the cores.
+//!
+//! Stacking does not pay for every model: a batch of 8 Magika inputs costs
+//! tract more per call than 8 single runs. So the first big batches are a
+//! trial (see [`Trial`]): every other one runs its calls one by one, on the
+//! same thread under the same load, and unless stacked calls come out
+//! cheaper, batching is turned off and the model's calls run unbatched.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -41,6 +47,7 @@ struct Shared {
     /// Calls queued or running: a thread gathers at most its share of them.
     in_flight: AtomicUsize,
     threads: usize,
+    trial: Mutex<Trial>,
 }
 
 impl Shared {
@@ -55,6 +62,16 @@ impl Shared {
             .load(Ordering::Relaxed)
             .div_ceil(self.threads);
         max_batch.min(share.max(2))
+    }
+
+    /// Turns batching off; false if another thread already had.
+    fn stop_batching(&self, model: &str) -> bool {
+        crate::metrics::global().set_batching(model, false);
+        self.batchable.swap(false, Ordering::Relaxed)
+    }
+
+    fn trial(&self) -> std::sync::MutexGuard<'_, Trial> {
+        self.trial.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -72,7 +89,9 @@ impl Batcher {
             batchable: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             threads,
+            trial: Mutex::new(Trial::new(max_batch)),
         });
+        crate::metrics::global().set_batching(name, true);
         for i in 0..threads {
             let (model, backend, shared) = (name.to_string(), backend.clone(), shared.clone());
             std::thread::Builder::new()
@@ -80,6 +99,12 @@ impl Batcher {
                 .spawn(move || run(&model, backend.as_ref(), &shared, max_batch, delay))?;
         }
         Ok(Self { tx, shared })
+    }
+
+    /// False once the model turned out not to batch, or not to gain from it:
+    /// its calls are then run as an unbatched model's are.
+    pub fn batching(&self) -> bool {
+        self.shared.batchable.load(Ordering::Relaxed)
     }
 
     pub async fn compute(&self, inputs: Named) -> Outcome {
@@ -134,46 +159,167 @@ fn run(model: &str, backend: &dyn Backend, shared: &Shared, max_batch: usize, de
                 }
             }
         }
-        crate::metrics::global().observe_batch(model, batch.len());
         if batch.len() == 1 {
+            crate::metrics::global().observe_batch(model, 1);
             let job = batch.pop().expect("one job");
             let started = Instant::now();
             let out = backend.run(job.inputs);
             let _ = job.reply.send((out, started.elapsed()));
             continue;
         }
+        let calls = batch.len();
+        if shared.trial().runs_alone(calls) {
+            for _ in 0..calls {
+                crate::metrics::global().observe_batch(model, 1);
+            }
+            let (_, took) = run_alone(backend, batch);
+            if let Some(verdict) = shared.trial().record(Way::Alone, calls, took) {
+                verdict.apply(model, shared);
+            }
+            continue;
+        }
+        crate::metrics::global().observe_batch(model, calls);
+        let started = Instant::now();
         let sizes: Vec<u32> = batch.iter().map(|j| j.inputs[0].1.dimensions[0]).collect();
         let stacked = stack(batch.iter().map(|j| &j.inputs));
-        let started = Instant::now();
         let result = backend.run(stacked);
-        let took = started.elapsed();
-        let share = took / batch.len() as u32;
+        let share = started.elapsed() / calls as u32;
         match result.ok().and_then(|out| split(out, &sizes)) {
             Some(parts) => {
+                // Stacking and splitting count against the batch: they are its cost.
+                let took = started.elapsed();
                 for (job, part) in batch.into_iter().zip(parts) {
                     let _ = job.reply.send((Ok(part), share));
+                }
+                if let Some(verdict) = shared.trial().record(Way::Stacked, calls, took) {
+                    verdict.apply(model, shared);
                 }
             }
             None => {
                 // Each alone. If they all run, dim 0 is not a batch dim for
                 // this model: stop batching it. (A failure of one caller's
                 // own input says nothing about the model.)
-                let mut all_ran = true;
-                for job in batch {
-                    let started = Instant::now();
-                    let out = backend.run(job.inputs);
-                    all_ran &= out.is_ok();
-                    let _ = job.reply.send((out, started.elapsed()));
-                }
-                if all_ran {
+                let (all_ran, _) = run_alone(backend, batch);
+                if all_ran && shared.stop_batching(model) {
                     tracing::warn!(
                         model,
                         "the model does not batch along dim 0; batching is off for it"
                     );
-                    batchable.store(false, Ordering::Relaxed);
                 }
             }
         }
+    }
+}
+
+/// Runs each call by itself, in turn; whether they all ran, and the time.
+fn run_alone(backend: &dyn Backend, batch: Vec<Job>) -> (bool, Duration) {
+    let (mut all_ran, mut total) = (true, Duration::ZERO);
+    for job in batch {
+        let started = Instant::now();
+        let out = backend.run(job.inputs);
+        let took = started.elapsed();
+        all_ran &= out.is_ok();
+        total += took;
+        let _ = job.reply.send((out, took));
+    }
+    (all_ran, total)
+}
+
+/// The trial's outcome: what a stacked call cost against a single run.
+#[derive(Debug, PartialEq)]
+struct Verdict {
+    ratio: f64,
+}
+
+impl Verdict {
+    fn pays(&self) -> bool {
+        self.ratio <= Trial::MAX_RATIO
+    }
+
+    fn apply(&self, model: &str, shared: &Shared) {
+        let ratio = format!("{:.2}", self.ratio);
+        if self.pays() {
+            tracing::info!(
+                model,
+                "a stacked call costs this model {ratio}× a single run: batching stays on"
+            );
+        } else {
+            tracing::info!(
+                model,
+                "a stacked call costs this model {ratio}× a single run: batching is off for it"
+            );
+            shared.stop_batching(model);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Way {
+    Stacked,
+    Alone,
+}
+
+/// Whether stacking pays for a model, found out on its first batches of at
+/// least [`Trial::MIN_CALLS`] calls (smaller ones say little: a batch of two
+/// gains little even where batching pays). Those batches take turns to run
+/// stacked and one call at a time, [`Trial::RUNS`] of each, and batching
+/// stays on only if a stacked call costs at most [`Trial::MAX_RATIO`] of a
+/// single run: below that gain the wait for a batch to fill is not worth it.
+struct Trial {
+    min_calls: usize,
+    stacked: Tally,
+    alone: Tally,
+    decided: bool,
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: u32,
+    calls: u32,
+    time: Duration,
+}
+
+impl Trial {
+    const MIN_CALLS: usize = 4;
+    const RUNS: u32 = 8;
+    const MAX_RATIO: f64 = 0.95;
+
+    fn new(max_batch: usize) -> Self {
+        Self {
+            min_calls: Self::MIN_CALLS.min(max_batch),
+            stacked: Tally::default(),
+            alone: Tally::default(),
+            decided: false,
+        }
+    }
+
+    /// Whether this batch of `calls` is to run one call at a time. The first
+    /// runs stacked, which finds out soonest a model that does not batch.
+    fn runs_alone(&self, calls: usize) -> bool {
+        !self.decided && calls >= self.min_calls && self.alone.runs < self.stacked.runs
+    }
+
+    /// Counts a trial batch; once both ways have their runs, the verdict.
+    /// `None` while undecided (or already decided).
+    fn record(&mut self, way: Way, calls: usize, time: Duration) -> Option<Verdict> {
+        if self.decided || calls < self.min_calls {
+            return None;
+        }
+        let tally = match way {
+            Way::Stacked => &mut self.stacked,
+            Way::Alone => &mut self.alone,
+        };
+        tally.runs += 1;
+        tally.calls += calls as u32;
+        tally.time += time;
+        if self.stacked.runs < Self::RUNS || self.alone.runs < Self::RUNS {
+            return None;
+        }
+        self.decided = true;
+        let per_call = |t: &Tally| t.time.as_secs_f64() / f64::from(t.calls);
+        Some(Verdict {
+            ratio: per_call(&self.stacked) / per_call(&self.alone),
+        })
     }
 }
 
@@ -246,6 +392,7 @@ mod tests {
             batchable: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             threads: 2,
+            trial: Mutex::new(Trial::new(16)),
         };
         // (calls in flight, batch one thread gathers) with max_batch 16.
         for (in_flight, target) in [(1, 2), (2, 2), (4, 2), (5, 3), (16, 8), (17, 9), (64, 16)] {
@@ -254,5 +401,67 @@ mod tests {
         }
         shared.in_flight.store(64, Ordering::Relaxed);
         assert_eq!(shared.batch_target(4), 4, "never past max_batch");
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn batches_take_turns_until_the_trial_decides() {
+        let mut trial = Trial::new(16);
+        assert!(!trial.runs_alone(3), "too small to say anything");
+        assert_eq!(trial.record(Way::Stacked, 3, ms(1)), None, "nor counted");
+        let mut ways = Vec::new();
+        for _ in 0..2 * Trial::RUNS {
+            let way = if trial.runs_alone(8) {
+                Way::Alone
+            } else {
+                Way::Stacked
+            };
+            ways.push(way);
+            // A stacked call costs half a single run: batching pays.
+            let took = if way == Way::Stacked { ms(40) } else { ms(80) };
+            let verdict = trial.record(way, 8, took);
+            assert_eq!(verdict.is_some(), ways.len() == 2 * Trial::RUNS as usize);
+            if let Some(verdict) = verdict {
+                assert_eq!(verdict, Verdict { ratio: 0.5 });
+                assert!(verdict.pays());
+            }
+        }
+        assert_eq!(ways[..3], [Way::Stacked, Way::Alone, Way::Stacked]);
+        assert!(!trial.runs_alone(8), "decided: no more single runs");
+        assert_eq!(trial.record(Way::Stacked, 8, ms(1)), None);
+    }
+
+    #[test]
+    fn batching_that_does_not_pay_is_turned_off() {
+        // The first: a stacked call costs 17% more than a single run, as
+        // Magika's do natively.
+        for (stacked, alone, stays_on) in [(94, 80, false), (80, 80, false), (75, 80, true)] {
+            let mut trial = Trial::new(16);
+            let mut verdict = None;
+            for _ in 0..Trial::RUNS {
+                assert_eq!(verdict, None);
+                verdict = trial.record(Way::Stacked, 8, ms(stacked));
+                assert_eq!(verdict, None);
+                verdict = trial.record(Way::Alone, 8, ms(alone));
+            }
+            let verdict = verdict.expect("decided after both ways' runs");
+            assert_eq!(
+                verdict.pays(),
+                stays_on,
+                "stacked {stacked} against {alone}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_max_batch_still_gets_its_trial() {
+        let trial = Trial::new(2);
+        let mut stacked_once = Trial::new(2);
+        stacked_once.record(Way::Stacked, 2, ms(1));
+        assert!(!trial.runs_alone(2), "the first batch runs stacked");
+        assert!(stacked_once.runs_alone(2));
     }
 }

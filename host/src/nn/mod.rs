@@ -7,7 +7,8 @@
 //! by sha256. `compute` never runs on the HTTP runtime's threads: called
 //! from an instance, it runs on that instance's core (see `crate::cores`);
 //! from elsewhere, on the blocking pool, at most one per core at a time.
-//! Batched models run on their batcher's threads. Its time is counted for
+//! Batched models run on their batcher's threads (until it finds that
+//! batching does not pay for the model). Its time is counted for
 //! the meter. Bad shapes and types come back to the guest as
 //! `invalid-argument` errors, never as traps.
 //!
@@ -61,7 +62,8 @@ pub struct Model {
     pub backend: Arc<dyn Backend>,
     /// Where it runs, for the meter's rate (`per_nn_compute_ms.cpu|gpu`).
     pub target: Target,
-    /// Set when `max_batch_size` > 1: concurrent calls are run together.
+    /// Set when `max_batch_size` > 1: concurrent calls are run together, for
+    /// as long as the batcher finds it pays.
     pub batcher: Option<batch::Batcher>,
 }
 
@@ -73,7 +75,9 @@ impl Model {
         inputs: Vec<(String, NnTensor)>,
         slots: &Arc<tokio::sync::Semaphore>,
     ) -> wasmtime::Result<(batch::Outcome, RunsOn)> {
-        if let Some(batcher) = &self.batcher {
+        if let Some(batcher) = &self.batcher
+            && batcher.batching()
+        {
             return Ok((batcher.compute(inputs).await, RunsOn::Batch));
         }
         if crate::cores::on_core() {

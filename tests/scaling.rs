@@ -206,20 +206,26 @@ fn idle_hello(idle_unload_ms: u64) -> App {
     ))
 }
 
-#[tokio::test]
-async fn idle_components_scale_to_zero_and_come_back_cold() {
-    let host = idle_hello(300).start().await;
+/// Waits for `idle_hello`'s component to be unloaded; its cold starts so far.
+async fn scaled_to_zero(host: &Host) -> f64 {
     let hello = r#"component="hello""#;
-    assert_eq!(host.get("/hello").await.status(), 200);
     wait_metric(
-        &host,
+        host,
         "edgeinfer_component_loaded",
         hello,
         0.0,
         Duration::from_secs(10),
     )
     .await;
-    let cold = metric(&host, "edgeinfer_cold_starts_total", hello).await;
+    metric(host, "edgeinfer_cold_starts_total", hello).await
+}
+
+#[tokio::test]
+async fn idle_components_scale_to_zero_and_come_back_cold() {
+    let host = idle_hello(300).start().await;
+    let hello = r#"component="hello""#;
+    assert_eq!(host.get("/hello").await.status(), 200);
+    let cold = scaled_to_zero(&host).await;
 
     let r = host.get("/hello").await;
     assert_eq!(r.status(), 200);
@@ -238,15 +244,7 @@ async fn idle_components_scale_to_zero_and_come_back_cold() {
 async fn a_burst_on_an_unloaded_component_loads_it_once() {
     let host = idle_hello(400).start().await;
     let hello = r#"component="hello""#;
-    wait_metric(
-        &host,
-        "edgeinfer_component_loaded",
-        hello,
-        0.0,
-        Duration::from_secs(10),
-    )
-    .await;
-    let cold = metric(&host, "edgeinfer_cold_starts_total", hello).await;
+    let cold = scaled_to_zero(&host).await;
     let burst: Vec<_> = (0..32)
         .map(|_| {
             let client = host.client.clone();

@@ -24,15 +24,10 @@ command -v curl >/dev/null || { apt-get update >&2 && apt-get install -y curl >&
 wasm=$root/target/wasm/wasm32-wasip2/release/hello.wasm
 need_edgeinfer
 
-tmp=$(mktemp -d)
-pid=""
-trap 'stop_server; rm -rf "$tmp"' EXIT
-{
-  printf 'spin_manifest_version = 2\n[application]\nname = "density"\n'
-  for i in $(seq "$N"); do
-    printf '[[trigger.http]]\nroute = "/h%d"\ncomponent = "h%d"\n[component.h%d]\nsource = "%s"\n' "$i" "$i" "$i" "$wasm"
-  done
-} >"$tmp/spin.toml"
+app_dir density
+for i in $(seq "$N"); do
+  printf '[[trigger.http]]\nroute = "/h%d"\ncomponent = "h%d"\n[component.h%d]\nsource = "%s"\n' "$i" "$i" "$i" "$wasm"
+done >>"$tmp/spin.toml"
 for i in $(seq "$N"); do printf '[component.h%d]\nidle_unload_ms = %d\n' "$i" "$IDLE_MS"; done >"$tmp/edgeinfer.toml"
 
 started=$(date +%s.%N)

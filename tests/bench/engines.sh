@@ -27,12 +27,10 @@ need_python
 
 # An app of its own beside the repo's functions and target dir, with the
 # model added twice by `edgeinfer models add`.
-app=$(mktemp -d)
-pid=""
-trap 'stop_server; rm -rf "$app"' EXIT
+app_dir engines
+app=$tmp
 ln -s "$PWD/functions" "$app/functions"
 ln -s "$PWD/target" "$app/target"
-printf 'spin_manifest_version = 2\n[application]\nname = "engines"\n' >"$app/spin.toml"
 "$PYTHON" models/bench.py "$model" --emit-request "$app/req.json"
 first=${EDGEINFER_BINS%% *}
 (

@@ -30,14 +30,9 @@ wasm=$PWD/target/wasm/wasm32-wasip2/release/hello.wasm
 need_edgeinfer
 
 # --- A throwaway app: every path goes to hello, so wrk can hit `/` on all servers.
-tmp=$(mktemp -d)
-pid=""
-trap 'stop_server; rm -rf "$tmp"' EXIT
+app_dir bench
 mkdir "$tmp/state"
-cat >"$tmp/spin.toml" <<EOF
-spin_manifest_version = 2
-[application]
-name = "bench"
+cat >>"$tmp/spin.toml" <<EOF
 [[trigger.http]]
 route = "/..."
 component = "hello"

@@ -56,6 +56,15 @@ start_server() {
 }
 stop_server() { [[ -n "${pid:-}" ]] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=""; }
 
+# Sets tmp to a throwaway app dir whose spin.toml starts as app $1's; on exit
+# the server (pid) is stopped and the dir removed. Append the components.
+app_dir() {
+  tmp=$(mktemp -d)
+  pid=""
+  trap 'stop_server; rm -rf "$tmp"' EXIT
+  printf 'spin_manifest_version = 2\n[application]\nname = "%s"\n' "$1" >"$tmp/spin.toml"
+}
+
 # wrk's --latency report -> "rps p50_ms p99_ms errors socket_errors non2xx
 # n429 n5xx" (errors = socket errors + non-2xx/3xx responses; the last two
 # need a wrk script that prints "STATUS 429=N 5xx=N", as load.sh's does).

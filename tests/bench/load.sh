@@ -33,14 +33,7 @@ need_edgeinfer
 
 # --- A throwaway app serving digits as spin.toml does (built and baked by
 # `up --build`), with its capacity set in edgeinfer.toml.
-tmp=$(mktemp -d)
-pid=""
-trap 'stop_server; rm -rf "$tmp"' EXIT
-cat >"$tmp/spin.toml" <<EOF
-spin_manifest_version = 2
-[application]
-name = "load"
-EOF
+app_dir load
 digits_component "$root" >>"$tmp/spin.toml"
 cat >"$tmp/edgeinfer.toml" <<EOF
 [component.digits]

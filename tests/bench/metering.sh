@@ -29,13 +29,8 @@ rustup target add wasm32-wasip2 >&2
 need_load_tools
 need_edgeinfer
 
-tmp=$(mktemp -d)
-pid=""
-trap 'stop_server; rm -rf "$tmp"' EXIT
-cat >"$tmp/spin.toml" <<TOML
-spin_manifest_version = 2
-[application]
-name = "metering"
+app_dir metering
+cat >>"$tmp/spin.toml" <<TOML
 [[trigger.http]]
 route = "/hello"
 component = "hello"

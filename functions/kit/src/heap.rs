@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dlmalloc::Dlmalloc;
 
-use crate::REQUEST_HEAP_RESERVE as RESERVE_BYTES;
+use crate::REQUEST_HEAP_RESERVE;
 
 const WASM_PAGE: usize = 64 << 10;
 
@@ -39,10 +39,10 @@ struct Pages;
 // (taken once) or pages just grown.
 unsafe impl dlmalloc::Allocator for Pages {
     fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
-        if size <= RESERVE_BYTES {
+        if size <= REQUEST_HEAP_RESERVE {
             let base = RESERVE.swap(0, Ordering::Relaxed);
             if base != 0 {
-                return (base as *mut u8, RESERVE_BYTES, 0);
+                return (base as *mut u8, REQUEST_HEAP_RESERVE, 0);
             }
         }
         let pages = size.div_ceil(WASM_PAGE);
@@ -149,7 +149,7 @@ pub fn seal() {
         return;
     }
     let end = core::arch::wasm32::memory_size(0) * WASM_PAGE;
-    if core::arch::wasm32::memory_grow(0, RESERVE_BYTES / WASM_PAGE) != usize::MAX {
+    if core::arch::wasm32::memory_grow(0, REQUEST_HEAP_RESERVE / WASM_PAGE) != usize::MAX {
         RESERVE.store(end, Ordering::Relaxed);
     }
     SPLIT.store(end, Ordering::Relaxed);

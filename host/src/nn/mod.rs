@@ -8,7 +8,7 @@
 //! from an instance, it runs on that instance's core (see `crate::cores`);
 //! from elsewhere, on the blocking pool, at most one per core at a time.
 //! Batched models run on their batcher's threads (until it finds that
-//! batching does not pay for the model). Its time is counted for
+//! batching does not pay for the model). A compute's time is counted for
 //! the meter. Bad shapes and types come back to the guest as
 //! `invalid-argument` errors, never as traps.
 //!

@@ -292,6 +292,8 @@ fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
     }
     let err = app(digits, "max_batch_size = 0\n").start_err();
     assert!(err.contains("max_batch_size"), "{err}");
+    let err = app(digits, "batching = \"sometimes\"\n").start_err();
+    assert!(err.contains("batching") && err.contains("always"), "{err}");
     let err = app(digits, "")
         .runtime_config("[nn.models.x]\npath = \"missing.onnx\"\n")
         .start_err();
@@ -302,7 +304,9 @@ fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
 async fn batched_calls_each_get_their_own_answer() {
     let host = app(
         &MODELS[..1],
-        "max_batch_size = 8\nmax_queue_delay_us = 5000\n",
+        // Always: every batch gathered is stacked, none run one by one for
+        // the trial of whether batching pays.
+        "max_batch_size = 8\nmax_queue_delay_us = 5000\nbatching = \"always\"\n",
     )
     .start()
     .await;

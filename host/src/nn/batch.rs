@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
-use super::{Backend, NnError, NnTensor};
+use super::{Backend, Batching, NnError, NnTensor};
 
 type Named = Vec<(String, NnTensor)>;
 
@@ -81,6 +81,7 @@ impl Batcher {
         backend: Arc<dyn Backend>,
         max_batch: usize,
         delay: Duration,
+        batching: Batching,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -89,7 +90,7 @@ impl Batcher {
             batchable: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             threads,
-            trial: Mutex::new(Trial::new(max_batch)),
+            trial: Mutex::new(Trial::new(max_batch, batching)),
         });
         crate::metrics::global().set_batching(name, true);
         for i in 0..threads {
@@ -286,12 +287,13 @@ impl Trial {
     const RUNS: u32 = 8;
     const MAX_RATIO: f64 = 0.95;
 
-    fn new(max_batch: usize) -> Self {
+    /// With `Batching::Always` there is no trial: it is decided already.
+    fn new(max_batch: usize, batching: Batching) -> Self {
         Self {
             min_calls: Self::MIN_CALLS.min(max_batch),
             stacked: Tally::default(),
             alone: Tally::default(),
-            decided: false,
+            decided: batching == Batching::Always,
         }
     }
 
@@ -394,7 +396,7 @@ mod tests {
             batchable: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             threads: 2,
-            trial: Mutex::new(Trial::new(16)),
+            trial: Mutex::new(Trial::new(16, Batching::Auto)),
         };
         // (calls in flight, batch one thread gathers) with max_batch 16.
         for (in_flight, target) in [(1, 2), (2, 2), (4, 2), (5, 3), (16, 8), (17, 9), (64, 16)] {
@@ -411,7 +413,7 @@ mod tests {
 
     #[test]
     fn batches_take_turns_until_the_trial_decides() {
-        let mut trial = Trial::new(16);
+        let mut trial = Trial::new(16, Batching::Auto);
         assert!(!trial.runs_alone(3), "too small to say anything");
         assert_eq!(trial.record(Way::Stacked, 3, ms(1)), None, "nor counted");
         let mut ways = Vec::new();
@@ -441,7 +443,7 @@ mod tests {
         // The first: a stacked call costs 17% more than a single run, as
         // Magika's do natively.
         for (stacked, alone, stays_on) in [(94, 80, false), (80, 80, false), (75, 80, true)] {
-            let mut trial = Trial::new(16);
+            let mut trial = Trial::new(16, Batching::Auto);
             let mut verdict = None;
             for _ in 0..Trial::RUNS {
                 assert_eq!(verdict, None);
@@ -459,9 +461,18 @@ mod tests {
     }
 
     #[test]
+    fn batching_always_has_no_trial() {
+        let mut trial = Trial::new(16, Batching::Always);
+        for _ in 0..2 * Trial::RUNS {
+            assert!(!trial.runs_alone(8));
+            assert_eq!(trial.record(Way::Stacked, 8, ms(100)), None);
+        }
+    }
+
+    #[test]
     fn a_small_max_batch_still_gets_its_trial() {
-        let trial = Trial::new(2);
-        let mut stacked_once = Trial::new(2);
+        let trial = Trial::new(2, Batching::Auto);
+        let mut stacked_once = Trial::new(2, Batching::Auto);
         stacked_once.record(Way::Stacked, 2, ms(1));
         assert!(!trial.runs_alone(2), "the first batch runs stacked");
         assert!(stacked_once.runs_alone(2));

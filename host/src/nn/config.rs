@@ -25,6 +25,9 @@ pub struct NnModelConfig {
     /// How long the first call of a batch waits for others.
     #[serde(default = "default_delay")]
     pub max_queue_delay_us: u64,
+    /// Whether batching must first prove it pays (see `nn::batch`).
+    #[serde(default)]
+    pub batching: Batching,
     /// ONNX Runtime's shared library (`backend = "onnxruntime"`); else
     /// `ORT_DYLIB_PATH`. Relative to the manifest's directory.
     #[serde(default)]
@@ -44,6 +47,7 @@ impl Default for NnModelConfig {
             shapes: Vec::new(),
             max_batch_size: one(),
             max_queue_delay_us: default_delay(),
+            batching: Batching::default(),
             library: None,
             threads: None,
         }
@@ -67,6 +71,17 @@ pub enum BackendKind {
     #[default]
     Tract,
     Onnxruntime,
+}
+
+/// `batching = "auto"` (the default): the batcher tries stacking on its first
+/// big batches and turns it off if a stacked call costs about as much as a
+/// single run. `"always"`: stacked whatever it costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Batching {
+    #[default]
+    Auto,
+    Always,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -161,6 +176,7 @@ impl NnModelConfig {
                     backend.clone(),
                     self.max_batch_size as usize,
                     std::time::Duration::from_micros(self.max_queue_delay_us),
+                    self.batching,
                 )
             })
             .transpose()?;

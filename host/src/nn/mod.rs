@@ -33,7 +33,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use crate::metrics::RunsOn;
 
 pub use backend::{Backend, NnTensor, TractBackend, from_kit};
-pub use config::{BackendKind, NnModelConfig, Target};
+pub use config::{BackendKind, Batching, NnModelConfig, Target};
 
 mod bindings {
     wasmtime::component::bindgen!({

@@ -128,7 +128,6 @@ impl Batcher {
 }
 
 fn run(model: &str, backend: &dyn Backend, shared: &Shared, max_batch: usize, delay: Duration) {
-    let batchable = &shared.batchable;
     let mut next: Option<Job> = None;
     loop {
         // Gather a batch while holding the queue; run it after letting go.
@@ -143,7 +142,7 @@ fn run(model: &str, backend: &dyn Backend, shared: &Shared, max_batch: usize, de
                 },
             };
             batch.push(first);
-            if batchable.load(Ordering::Relaxed) {
+            if shared.batchable.load(Ordering::Relaxed) {
                 let deadline = Instant::now() + delay;
                 // Re-read as calls arrive: more in flight, bigger shares.
                 while batch.len() < shared.batch_target(max_batch) {
@@ -162,10 +161,7 @@ fn run(model: &str, backend: &dyn Backend, shared: &Shared, max_batch: usize, de
         }
         if batch.len() == 1 {
             crate::metrics::global().observe_batch(model, 1);
-            let job = batch.pop().expect("one job");
-            let started = Instant::now();
-            let out = backend.run(job.inputs);
-            let _ = job.reply.send((out, started.elapsed()));
+            run_alone(backend, batch);
             continue;
         }
         let calls = batch.len();

@@ -367,16 +367,10 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             let drive = async |calls: usize| {
                 let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let workers = (0..opts.concurrency).map(|_| {
-                    let (runnable, next, request) = (runnable.clone(), next.clone(), &request);
+                    let (runnable, next, cold_once) = (runnable.clone(), next.clone(), &cold_once);
                     async move {
                         while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < calls {
-                            let response = runnable
-                                .handle(request())
-                                .await
-                                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                            http_body_util::BodyExt::collect(response.into_body())
-                                .await
-                                .map_err(|e| anyhow::anyhow!("reading the response: {e:?}"))?;
+                            cold_once(&runnable).await?;
                         }
                         anyhow::Ok(())
                     }

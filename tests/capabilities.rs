@@ -77,6 +77,50 @@ async fn environment_is_passed() {
     );
 }
 
+/// Baked, a function that first reads its environment and files in a
+/// request does so after the kit's request heap took over the allocator.
+/// wasi-libc gets them from the host and frees them into its own heap, which
+/// must never be handed a block of the request heap: when it was, the call
+/// trapped.
+#[tokio::test]
+async fn a_baked_function_reads_environment_and_files_at_request_time() {
+    let host = App::new(manifest(&format!(
+        r#"
+[[trigger.http]]
+route = "/..."
+component = "probe"
+
+[component.probe]
+source = "probe-baked.wasm"
+files = ["static/**/*.txt"]
+environment = {{ MODE = "test" }}
+[component.probe.tool.edgeinfer]
+bake = "{probe}"
+"#,
+        probe = artifacts::PROBE
+    )))
+    .file("static/a.txt", "file a")
+    .arg("--build")
+    .start()
+    .await;
+    assert!(
+        host.log()
+            .iter()
+            .any(|l| l.contains("Baked component probe")),
+        "{:?}",
+        host.log()
+    );
+    // Each call is a fresh instance of the image, so each reads them anew.
+    for _ in 0..3 {
+        let r = host.get("/probe/env/MODE").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "test");
+        let r = host.get("/probe/file?path=/static/a.txt").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "file a");
+    }
+}
+
 #[tokio::test]
 async fn files_are_mounted_read_only() {
     let host = app().start().await;

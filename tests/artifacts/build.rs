@@ -17,12 +17,13 @@ fn main() {
     // The wasi:nn WIT the kit's guest bindings are generated from.
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 
-    // `oip-nn` is built on its own: built with the others, cargo would unify
-    // the kit's features and link tract into it (12 MB instead of 0.5 MB).
+    // `oip-nn` and `probe` are built apart: built with the others, cargo
+    // would unify the kit's features and link tract into them (12 MB instead
+    // of 0.5 MB).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for args in [
-        &["--workspace", "--exclude", "oip-nn"][..],
-        &["--package", "oip-nn"][..],
+        &["--workspace", "--exclude", "oip-nn", "--exclude", "probe"][..],
+        &["--package", "oip-nn", "--package", "probe"][..],
     ] {
         let mut cmd = Command::new(&cargo);
         // functions/.cargo/config.toml sets the target, target dir and SIMD

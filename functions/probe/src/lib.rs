@@ -2,6 +2,9 @@
 //! pokes one host behaviour: request mapping, variables, env, files, outbound
 //! HTTP, bodies, timers, and the failure modes (CPU, memory, stack, panic).
 //! Never deploy it: it lets the caller read files and burn resources.
+//!
+//! It has the model functions' allocator and an empty pre-initializer, so a
+//! test can bake it and see what a baked function sees at request time.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -14,6 +17,9 @@ use spin_sdk::http_service;
 type Reply = Response<FullBody<Bytes>>;
 
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// Nothing to prepare: baking only moves later allocations to the request heap.
+kit::export_wizer_init!(|| {});
 
 #[http_service]
 async fn probe(req: Request) -> Reply {

@@ -360,16 +360,25 @@ async fn a_model_that_cannot_batch_is_run_unbatched() {
     futures::future::join_all(calls).await;
     let label = "model=\"squeezenet\"";
     assert_eq!(metric(&host, "edgeinfer_nn_batching", label).await, 0.0);
-    infer_matches_reference(&host, "squeezenet", &cases[0]).await;
+    // A racing call that reached the model after the stacked batch failed
+    // already ran on its core: how many did is up to the scheduler.
     let runs_on = |at| format!("model=\"squeezenet\",runs_on=\"{at}\"");
+    let count = async |at| metric(&host, "edgeinfer_nn_computes_total", &runs_on(at)).await;
+    let (batched, on_core) = (count("batch").await, count("core").await);
+    assert!(
+        batched >= 2.0,
+        "no batch was tried: {batched} on the batcher"
+    );
+    assert_eq!(batched + on_core, 4.0);
+    infer_matches_reference(&host, "squeezenet", &cases[0]).await;
     assert_eq!(
-        metric(&host, "edgeinfer_nn_computes_total", &runs_on("batch")).await,
-        4.0,
-        "the racing calls ran on the batcher"
+        count("batch").await,
+        batched,
+        "the last call went to the batcher"
     );
     assert_eq!(
-        metric(&host, "edgeinfer_nn_computes_total", &runs_on("core")).await,
-        1.0,
+        count("core").await,
+        on_core + 1.0,
         "the last call ran on its instance's core"
     );
 }

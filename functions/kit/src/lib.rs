@@ -46,6 +46,25 @@ static ALLOCATOR: heap::TwoPhase = heap::TwoPhase;
 #[doc(hidden)]
 pub mod __private {
     pub use spin_sdk::wit_bindgen;
+
+    /// Drops what wasi-libc read from the bake's host, so that the snapshot
+    /// does not keep it: its copy of the environment (the bake's values, not
+    /// the instance's) and its table of preopened directories (resource
+    /// handles of the bake's instance, which name nothing, or something
+    /// else, in a fresh one). Each is read again on first use.
+    #[cfg(target_arch = "wasm32")]
+    pub fn forget_the_bake_host() {
+        unsafe extern "C" {
+            fn __wasilibc_deinitialize_environ();
+            fn __wasilibc_reset_preopens();
+        }
+        // SAFETY: both only reset wasi-libc's lazily filled state, and
+        // nothing borrows from it across this call.
+        unsafe {
+            __wasilibc_deinitialize_environ();
+            __wasilibc_reset_preopens();
+        }
+    }
 }
 
 /// Exports the component-level function `wizer-initialize: func()`, which runs
@@ -54,9 +73,13 @@ pub mod __private {
 /// instance, so whatever `$init` leaves in statics, typically an engine in a
 /// [`LazyEngine`](engine::LazyEngine) via `MODEL.init()`, is ready in every fresh
 /// instance. After `$init` the allocator moves to the request heap (`heap`), so
-/// that what requests allocate lies above the image. Requests still work
-/// without pre-initialization: the engine is then built on first use, in
-/// std's heap. Use it once per component crate, at the crate root.
+/// that what requests allocate lies above the image, and wasi-libc forgets the
+/// environment and preopened directories it read, so that each instance reads
+/// its own. `$init` must not leave other host handles behind: a file kept
+/// open, or stdout/stderr written to (wasi-libc keeps their streams), names
+/// nothing in a fresh instance, whose first print then fails the call.
+/// Requests still work without pre-initialization: the engine is then built
+/// on first use. Use it once per component crate, at the crate root.
 #[macro_export]
 macro_rules! export_wizer_init {
     ($init:expr) => {
@@ -77,7 +100,10 @@ macro_rules! export_wizer_init {
                 fn wizer_initialize() {
                     (super::__KIT_WIZER_INIT)();
                     #[cfg(target_arch = "wasm32")]
-                    $crate::heap::seal();
+                    {
+                        $crate::__private::forget_the_bake_host();
+                        $crate::heap::seal();
+                    }
                 }
             }
 

@@ -77,15 +77,17 @@ async fn environment_is_passed() {
     );
 }
 
-/// Baked, a function that first reads its environment and files in a
-/// request does so after the kit's request heap took over the allocator.
-/// wasi-libc gets them from the host and frees them into its own heap, which
-/// must never be handed a block of the request heap: when it was, the call
+/// A baked function reads its environment and files in a request as the
+/// instance has them, whatever its initializer read at build time: the
+/// snapshot keeps neither the build's environment nor its file handles
+/// (which name nothing in a fresh instance). And wasi-libc frees what it gets
+/// from the host into the heap it came from: when it did not, the call
 /// trapped.
 #[tokio::test]
 async fn a_baked_function_reads_environment_and_files_at_request_time() {
-    let host = App::new(manifest(&format!(
-        r#"
+    let app = |mode: &str| {
+        App::new(manifest(&format!(
+            r#"
 [[trigger.http]]
 route = "/..."
 component = "probe"
@@ -93,28 +95,27 @@ component = "probe"
 [component.probe]
 source = "probe-baked.wasm"
 files = ["static/**/*.txt"]
-environment = {{ MODE = "test" }}
+environment = {{ MODE = "{mode}" }}
 [component.probe.tool.edgeinfer]
 bake = "{probe}"
 "#,
-        probe = artifacts::PROBE
-    )))
-    .file("static/a.txt", "file a")
-    .arg("--build")
-    .start()
-    .await;
-    assert!(
-        host.log()
-            .iter()
-            .any(|l| l.contains("Baked component probe")),
-        "{:?}",
-        host.log()
-    );
+            probe = artifacts::PROBE
+        )))
+        .file("static/a.txt", "file a")
+    };
+    // Baked with one environment (its initializer reads it and the files),
+    // then served, without baking again, with another.
+    let dir = app("baked").write();
+    common::cli(dir.path(), &["build"]);
+    assert!(dir.path().join("probe-baked.wasm").exists());
+    let served = app("served");
+    std::fs::write(dir.path().join("spin.toml"), &served.manifest).unwrap();
+    let host = served.start_in(dir).await;
     // Each call is a fresh instance of the image, so each reads them anew.
     for _ in 0..3 {
         let r = host.get("/probe/env/MODE").await;
         assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "test");
+        assert_eq!(r.text().await.unwrap(), "served");
         let r = host.get("/probe/file?path=/static/a.txt").await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "file a");

@@ -3,8 +3,8 @@
 //! HTTP, bodies, timers, and the failure modes (CPU, memory, stack, panic).
 //! Never deploy it: it lets the caller read files and burn resources.
 //!
-//! It has the model functions' allocator and an empty pre-initializer, so a
-//! test can bake it and see what a baked function sees at request time.
+//! It has the model functions' allocator and a pre-initializer, so a test can
+//! bake it and see what a baked function sees at request time.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -18,8 +18,12 @@ type Reply = Response<FullBody<Bytes>>;
 
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-// Nothing to prepare: baking only moves later allocations to the request heap.
-kit::export_wizer_init!(|| {});
+// Touches what a model function's initializer touches, its files and its
+// environment, so that a test can check a baked instance reads them anew.
+kit::export_wizer_init!(|| {
+    let _ = std::fs::metadata("/");
+    let _ = std::env::var_os("MODE");
+});
 
 #[http_service]
 async fn probe(req: Request) -> Reply {

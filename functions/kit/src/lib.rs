@@ -10,8 +10,8 @@
 //! - [`respond`]: JSON replies, OIP responses and metadata, errors.
 //! - [`oip`]: the OIP v2 router for one model.
 //! - [`export_wizer_init!`]: the pre-initialization hook.
-//! - `heap` (wasm only): the allocator; after pre-initialization, requests
-//!   allocate above the baked image.
+//! - `heap` (wasm only): the allocator, Rust's and C's; after
+//!   pre-initialization, requests allocate above the baked image.
 //!
 //! ```ignore
 //! static MODEL: LazyEngine<TractEngine> =

@@ -47,20 +47,30 @@ static ALLOCATOR: heap::TwoPhase = heap::TwoPhase;
 pub mod __private {
     pub use spin_sdk::wit_bindgen;
 
-    /// Drops what wasi-libc read from the bake's host, so that the snapshot
+    /// Drops what wasi-libc got from the bake's host, so that the snapshot
     /// does not keep it: its copy of the environment (the bake's values, not
-    /// the instance's) and its table of preopened directories (resource
-    /// handles of the bake's instance, which name nothing, or something
-    /// else, in a fresh one). Each is read again on first use.
+    /// the instance's), its preopened directories and the streams behind
+    /// stdin, stdout and stderr (resource handles of the bake's instance,
+    /// which name nothing, or something else, in a fresh one). Each is
+    /// fetched again on first use.
     #[cfg(target_arch = "wasm32")]
     pub fn forget_the_bake_host() {
         unsafe extern "C" {
             fn __wasilibc_deinitialize_environ();
             fn __wasilibc_reset_preopens();
+            fn __wasilibc_init_stdio() -> i32;
+            fn close(fd: i32) -> i32;
         }
-        // SAFETY: both only reset wasi-libc's lazily filled state, and
+        // SAFETY: these only reset wasi-libc's lazily filled state, and
         // nothing borrows from it across this call.
         unsafe {
+            // Closing drops any stream a print opened; the entries are then
+            // added again with none yet. wasi-libc hands out the fd closed
+            // last first, so 2, 1, 0 come back as 0, 1, 2.
+            for fd in (0..3).rev() {
+                close(fd);
+            }
+            __wasilibc_init_stdio();
             __wasilibc_deinitialize_environ();
             __wasilibc_reset_preopens();
         }
@@ -74,10 +84,9 @@ pub mod __private {
 /// [`LazyEngine`](engine::LazyEngine) via `MODEL.init()`, is ready in every fresh
 /// instance. After `$init` the allocator moves to the request heap (`heap`), so
 /// that what requests allocate lies above the image, and wasi-libc forgets the
-/// environment and preopened directories it read, so that each instance reads
-/// its own. `$init` must not leave other host handles behind: a file kept
-/// open, or stdout/stderr written to (wasi-libc keeps their streams), names
-/// nothing in a fresh instance, whose first print then fails the call.
+/// environment, preopened directories and stdio streams it got, so that each
+/// instance fetches its own. `$init` must not leave another host handle
+/// behind, such as a file kept open: it names nothing in a fresh instance.
 /// Requests still work without pre-initialization: the engine is then built
 /// on first use. Use it once per component crate, at the crate root.
 #[macro_export]

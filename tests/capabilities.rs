@@ -77,12 +77,12 @@ async fn environment_is_passed() {
     );
 }
 
-/// A baked function reads its environment and files in a request as the
-/// instance has them, whatever its initializer read at build time: the
-/// snapshot keeps neither the build's environment nor its file handles
-/// (which name nothing in a fresh instance). And wasi-libc frees what it gets
-/// from the host into the heap it came from: when it did not, the call
-/// trapped.
+/// A baked function reads its environment and files, and prints, in a
+/// request as its instance has them, whatever its initializer did at build
+/// time: the snapshot keeps neither the build's environment nor its file and
+/// stream handles (which name nothing in a fresh instance). And wasi-libc
+/// frees what it gets from the host into the heap it came from: when it did
+/// not, the call trapped.
 #[tokio::test]
 async fn a_baked_function_reads_environment_and_files_at_request_time() {
     let app = |mode: &str| {
@@ -120,6 +120,14 @@ bake = "{probe}"
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "file a");
     }
+    // The initializer printed; a call prints too, to the host's stderr.
+    let r = host.get("/probe/log?line=printed-in-a-request").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        host.log().iter().any(|l| l == "printed-in-a-request"),
+        "{:?}",
+        host.log()
+    );
 }
 
 #[tokio::test]

@@ -18,11 +18,14 @@ type Reply = Response<FullBody<Bytes>>;
 
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-// Touches what a model function's initializer touches, its files and its
-// environment, so that a test can check a baked instance reads them anew.
+// Touches what a model function's initializer may touch (its files, its
+// environment, stdout and stderr), so that a test can check a baked instance
+// gets its own.
 kit::export_wizer_init!(|| {
     let _ = std::fs::metadata("/");
     let _ = std::env::var_os("MODE");
+    println!("probe: initialized");
+    eprintln!("probe: initialized");
 });
 
 #[http_service]
@@ -36,6 +39,12 @@ async fn probe(req: Request) -> Reply {
 
     match endpoint {
         "request" => describe_request(&req),
+        "log" => {
+            let line = query_param(&query, "line").unwrap_or_default();
+            println!("{line}");
+            eprintln!("{line}");
+            text(StatusCode::OK, "logged")
+        }
         "file" => file(req, &query).await,
         "outbound" => outbound(&query).await,
         "echo" => echo(req).await,

@@ -188,9 +188,11 @@ unsafe impl GlobalAlloc for TwoPhase {
 }
 
 // C's side: wasi-libc's `malloc` family, so that its own allocations and its
-// `free`s of what the host handed it reach these heaps too. Every symbol its
-// dlmalloc object defines is defined here, so the linker never pulls it in.
-// Not `pub`: only C calls them, by these names.
+// `free`s of what the host handed it reach these heaps too. Every symbol of
+// its dlmalloc object that anything links against is defined here
+// (`malloc_usable_size` is used by nothing), so the linker never pulls that
+// object in; should something need it, the link fails on the duplicates
+// rather than linking two allocators. Not `pub`: only C calls them.
 
 #[unsafe(no_mangle)]
 unsafe extern "C" fn malloc(size: usize) -> *mut u8 {

@@ -265,7 +265,7 @@ unsafe extern "C" fn posix_memalign(out: *mut *mut u8, align: usize, size: usize
     if !align.is_power_of_two() || !align.is_multiple_of(size_of::<usize>()) {
         return EINVAL;
     }
-    let block = unsafe { current().malloc(size, align.max(C_ALIGN)) };
+    let block = unsafe { aligned_alloc(align, size) };
     if block.is_null() {
         return ENOMEM;
     }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{App, artifacts, manifest};
+use std::time::Duration;
 
 fn app() -> App {
     App::new(manifest(&format!(
@@ -123,6 +124,8 @@ bake = "{probe}"
     // The initializer printed; a call prints too, to the host's stderr.
     let r = host.get("/probe/log?line=printed-in-a-request").await;
     assert_eq!(r.status(), 200);
+    host.wait_log("printed-in-a-request", 1, Duration::from_secs(10))
+        .await;
     assert!(
         host.log().iter().any(|l| l == "printed-in-a-request"),
         "{:?}",

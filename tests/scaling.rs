@@ -51,19 +51,6 @@ async fn wait_metric(host: &Host, name: &str, labels: &str, want: f64, limit: Du
     }
 }
 
-/// Waits until `pattern` has appeared in at least `count` log lines.
-async fn wait_log(host: &Host, pattern: &str, count: usize, limit: Duration) {
-    let start = Instant::now();
-    while host.log().iter().filter(|l| l.contains(pattern)).count() < count {
-        assert!(
-            start.elapsed() < limit,
-            "waited for {count}× `{pattern}` in the log: {:#?}",
-            host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn probe_app(settings: &str) -> App {
     App::new(manifest(&component(
         "probe",
@@ -316,7 +303,7 @@ async fn metrics_lists_every_contract_name() {
         .to_str()
         .unwrap()
         .to_string();
-    wait_log(&host, &id, 1, Duration::from_secs(5)).await;
+    host.wait_log(&id, 1, Duration::from_secs(5)).await;
     let line = host.log().into_iter().find(|l| l.contains(&id)).unwrap();
     for field in ["component=hello", "status=200", "us="] {
         assert!(line.contains(field), "{field} missing from {line}");
@@ -412,7 +399,8 @@ async fn hot_reload_under_load_drops_no_call() {
 
     // 1. The manifest changes: picked up by the watcher.
     std::fs::write(host.dir.path().join("spin.toml"), two_routes(true)).unwrap();
-    wait_log(&host, "app reloaded", 1, Duration::from_secs(20)).await;
+    host.wait_log("app reloaded", 1, Duration::from_secs(20))
+        .await;
     assert_eq!(host.get("/greet").await.status(), 200);
     // 2. edgeinfer.toml appears: the new limit applies.
     std::fs::write(
@@ -420,10 +408,12 @@ async fn hot_reload_under_load_drops_no_call() {
         "[component.probe]\ntimeout_ms = 100\n",
     )
     .unwrap();
-    wait_log(&host, "app reloaded", 2, Duration::from_secs(20)).await;
+    host.wait_log("app reloaded", 2, Duration::from_secs(20))
+        .await;
     // 3. SIGHUP, with nothing changed.
     host.signal(libc::SIGHUP);
-    wait_log(&host, "app reloaded", 3, Duration::from_secs(20)).await;
+    host.wait_log("app reloaded", 3, Duration::from_secs(20))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     stop_tx.send(true).unwrap();
@@ -456,7 +446,8 @@ async fn a_failed_reload_keeps_the_old_app_serving() {
         "spin_manifest_version = 2\n[application\n",
     )
     .unwrap();
-    wait_log(&host, "reload failed", 1, Duration::from_secs(20)).await;
+    host.wait_log("reload failed", 1, Duration::from_secs(20))
+        .await;
     let line = host
         .log()
         .into_iter()
@@ -470,17 +461,20 @@ async fn a_failed_reload_keeps_the_old_app_serving() {
         manifest(&component("junk", "/hello", "junk.wasm")),
     )
     .unwrap();
-    wait_log(&host, "reload failed", 2, Duration::from_secs(20)).await;
+    host.wait_log("reload failed", 2, Duration::from_secs(20))
+        .await;
     // A SIGHUP retries, and fails the same way.
     host.signal(libc::SIGHUP);
-    wait_log(&host, "reload failed", 3, Duration::from_secs(20)).await;
+    host.wait_log("reload failed", 3, Duration::from_secs(20))
+        .await;
     let r = host.get("/hello").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "Hello from edgeinfer\n");
 
     // Fixed: the next change reloads.
     std::fs::write(host.dir.path().join("spin.toml"), two_routes(true)).unwrap();
-    wait_log(&host, "app reloaded", 1, Duration::from_secs(20)).await;
+    host.wait_log("app reloaded", 1, Duration::from_secs(20))
+        .await;
     assert_eq!(host.get("/greet").await.status(), 200);
 
     stop_tx.send(true).unwrap();
@@ -517,7 +511,8 @@ async fn an_exhausted_instance_pool_is_503_with_retry_after() {
         "[component.probe]\nmax_concurrency = 2\nmax_queue = 1\n",
     )
     .unwrap();
-    wait_log(&host, "app reloaded", 1, Duration::from_secs(20)).await;
+    host.wait_log("app reloaded", 1, Duration::from_secs(20))
+        .await;
     let r = host.get("/probe/counter").await;
     assert!(r.headers().contains_key("retry-after"));
     let (status, msg) = error_body(r).await;

@@ -220,6 +220,21 @@ impl Host {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until `pattern` has appeared in at least `count` log lines. The
+    /// host's output is read on another thread, so a line printed during a
+    /// call may arrive after its response.
+    pub async fn wait_log(&self, pattern: &str, count: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.log().iter().filter(|l| l.contains(pattern)).count() < count {
+            assert!(
+                start.elapsed() < limit,
+                "waited for {count}× `{pattern}` in the log: {:#?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Runs the `edgeinfer` CLI on this host's database; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         cli(self.dir.path(), args)

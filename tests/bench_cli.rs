@@ -46,6 +46,8 @@ fn bench_reports_every_way_and_cleans_up() {
     let state_dir = shared_state_dir();
     let report = bench(&state_dir, &["--binary", "--component", artifacts::OIP]);
     assert_eq!(report["iterations"], 3);
+    // Warm and cold instances compared on one thread.
+    assert_eq!(report["instance_threads"], 1);
     for way in [
         "native_us",
         "wasm_us",
@@ -110,4 +112,31 @@ fn bench_times_only_the_ways_asked_for() {
     );
     assert!(report["native_us"]["p50"].as_f64().unwrap_or(f64::NAN) > 0.0);
     assert!(report["backend"].is_null(), "{}", report["backend"]);
+}
+
+#[test]
+fn bench_measures_throughput_on_every_core() {
+    let state_dir = shared_state_dir();
+    let report = bench(
+        &state_dir,
+        &[
+            "--ways",
+            "wasi-nn",
+            "--concurrency",
+            "4",
+            "--component",
+            artifacts::OIP,
+        ],
+    );
+    // Latency runs on one instance thread; throughput on all of them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(report["instance_threads"], cores);
+    let throughput = &report["wasi_nn_throughput"];
+    assert_eq!(throughput["concurrency"], 4);
+    for label in ["unbatched", "batched"] {
+        let rate = throughput["calls_per_s"][label]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        assert!(rate > 0.0, "{label}: {throughput}");
+    }
 }

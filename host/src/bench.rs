@@ -144,6 +144,11 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         None => synthetic_request(loaded.inputs(), &opts.shapes)?,
     };
     let n = opts.iterations;
+    // Latency is compared on one instance thread (see `cores::use_one`);
+    // throughput needs them all.
+    if opts.concurrency == 1 {
+        crate::cores::use_one();
+    }
     // What is timed: the JSON request, or the same tensors as binary data.
     let (timed_body, header_length) = if opts.binary {
         let (b, h) = binary_request(&body)?;
@@ -397,6 +402,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
     let report = json!({
         "model": opts.model.display().to_string(),
         "iterations": n,
+        "instance_threads": crate::cores::count(),
         "native_us": Summary::of(native),
         "wasm_us": Summary::of(wasm),
         "wasi_nn_us": Summary::of(wasi_nn),
@@ -446,9 +452,10 @@ async fn timed_block<T>(
 
 fn print_table(report: &Value) {
     println!(
-        "{} ({} iterations)",
+        "{} ({} iterations, instances on {} thread(s))",
         report["model"].as_str().unwrap_or_default(),
-        report["iterations"]
+        report["iterations"],
+        report["instance_threads"]
     );
     println!(
         "{:<10} {:>12} {:>12} {:>10}",

@@ -22,12 +22,23 @@ thread_local! {
     static ON_CORE: Cell<bool> = const { Cell::new(false) };
 }
 
+static CORES: OnceLock<Vec<Core>> = OnceLock::new();
+
 fn cores() -> &'static [Core] {
-    static CORES: OnceLock<Vec<Core>> = OnceLock::new();
     CORES.get_or_init(|| {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         (0..n).map(start).collect()
     })
+}
+
+/// Runs every instance on one core thread instead of one per CPU, for
+/// `edgeinfer bench`: the instances it compares (warm and cold, in the
+/// sandbox and through `wasi:nn`) then share a thread, a CPU and its caches.
+/// Across two vCPUs of a small VM the cold calls carried their CPU's own
+/// noise (embed's paired cold − warm p50: 0.8–1.1 ms across CPUs, 0.2–0.5 ms
+/// on one). Only before the first instance; false if the cores had started.
+pub fn use_one() -> bool {
+    CORES.set(vec![start(0)]).is_ok()
 }
 
 fn start(i: usize) -> Core {
@@ -82,6 +93,11 @@ where
         let _loaded = loaded;
         task.await
     })
+}
+
+/// How many core threads run instances.
+pub fn count() -> usize {
+    cores().len()
 }
 
 /// Runs native code `f` on this thread and then clears the upper halves of

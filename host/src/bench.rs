@@ -220,10 +220,14 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         }
         None => None,
     };
-    let cold_once = async |runnable: &Arc<Runnable>| -> Result<Duration> {
+    // `settle`: after the timed part, wait for the instance to be torn down,
+    // so that the next call does not queue behind that on the one instance
+    // thread (with a core per CPU it would go to another core).
+    let fresh_call = async |runnable: &Arc<Runnable>, settle: bool| -> Result<Duration> {
+        let (usage, gone) = futures::channel::oneshot::channel();
         let started = Instant::now();
         let response = runnable
-            .handle(request())
+            .handle_with(request(), (), usage)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let status = response.status();
@@ -237,6 +241,9 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
                 "the sandboxed model answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
             );
+        }
+        if settle {
+            let _ = gone.await;
         }
         Ok(elapsed)
     };
@@ -339,7 +346,7 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         if let Some((runnable, _)) = &sandbox
             && opts.times(Way::Cold)
         {
-            timed_block(block, &mut cold, async || cold_once(runnable).await).await?;
+            timed_block(block, &mut cold, async || fresh_call(runnable, true).await).await?;
         }
         if let Some((_, nn_warm)) = &nn
             && opts.times(Way::WasiNn)
@@ -354,7 +361,10 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         if let Some((nn_cold, _)) = &nn
             && opts.times(Way::WasiNnCold)
         {
-            timed_block(block, &mut nn_fresh, async || cold_once(nn_cold).await).await?;
+            timed_block(block, &mut nn_fresh, async || {
+                fresh_call(nn_cold, true).await
+            })
+            .await?;
         }
         if opts.times(Way::Backend) {
             timed_block(block, &mut direct, async || direct_once()).await?;
@@ -372,10 +382,11 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
             let drive = async |calls: usize| {
                 let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let workers = (0..opts.concurrency).map(|_| {
-                    let (runnable, next, cold_once) = (runnable.clone(), next.clone(), &cold_once);
+                    let (runnable, next, fresh_call) =
+                        (runnable.clone(), next.clone(), &fresh_call);
                     async move {
                         while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < calls {
-                            cold_once(&runnable).await?;
+                            fresh_call(&runnable, false).await?;
                         }
                         anyhow::Ok(())
                     }

@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -22,11 +22,17 @@ thread_local! {
     static ON_CORE: Cell<bool> = const { Cell::new(false) };
 }
 
-static CORES: OnceLock<Vec<Core>> = OnceLock::new();
+/// Set by [`use_one`].
+static ONLY_ONE: AtomicBool = AtomicBool::new(false);
 
 fn cores() -> &'static [Core] {
+    static CORES: OnceLock<Vec<Core>> = OnceLock::new();
     CORES.get_or_init(|| {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = if ONLY_ONE.load(Ordering::Relaxed) {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
         (0..n).map(start).collect()
     })
 }
@@ -36,9 +42,9 @@ fn cores() -> &'static [Core] {
 /// sandbox and through `wasi:nn`) then share a thread, a CPU and its caches.
 /// Across two vCPUs of a small VM the cold calls carried their CPU's own
 /// noise (embed's paired cold − warm p50: 0.8–1.1 ms across CPUs, 0.2–0.5 ms
-/// on one). Only before the first instance; false if the cores had started.
-pub fn use_one() -> bool {
-    CORES.set(vec![start(0)]).is_ok()
+/// on one). Takes effect only before the first instance is spawned.
+pub fn use_one() {
+    ONLY_ONE.store(true, Ordering::Relaxed);
 }
 
 fn start(i: usize) -> Core {

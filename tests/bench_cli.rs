@@ -46,8 +46,9 @@ fn bench_reports_every_way_and_cleans_up() {
     let state_dir = shared_state_dir();
     let report = bench(&state_dir, &["--binary", "--component", artifacts::OIP]);
     assert_eq!(report["iterations"], 3);
-    // Warm and cold instances compared on one thread.
+    // Every way timed on one thread: warm and cold instances, native tract.
     assert_eq!(report["instance_threads"], 1);
+    assert_eq!(report["timed_on_instance_thread"], true);
     for way in [
         "native_us",
         "wasm_us",
@@ -131,6 +132,7 @@ fn bench_measures_throughput_on_every_core() {
     // Latency runs on one instance thread; throughput on all of them.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(report["instance_threads"], cores);
+    assert_eq!(report["timed_on_instance_thread"], false);
     let throughput = &report["wasi_nn_throughput"];
     assert_eq!(throughput["concurrency"], 4);
     for label in ["unbatched", "batched"] {

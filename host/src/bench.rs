@@ -130,7 +130,17 @@ impl Summary {
     }
 }
 
-pub async fn bench(opts: &BenchOptions) -> Result<()> {
+/// Runs `edgeinfer bench`: a throughput run (`--concurrency` > 1) on
+/// `runtime` and every core; a latency run with this thread as the one core
+/// (see [`crate::cores::run_here`]).
+pub fn bench(opts: &BenchOptions, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    if opts.concurrency > 1 {
+        return runtime.block_on(run(opts));
+    }
+    crate::cores::run_here(run(opts))?
+}
+
+async fn run(opts: &BenchOptions) -> Result<()> {
     if opts.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
@@ -144,11 +154,6 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         None => synthetic_request(loaded.inputs(), &opts.shapes)?,
     };
     let n = opts.iterations;
-    // Latency is compared on one instance thread (see `cores::use_one`);
-    // throughput needs them all.
-    if opts.concurrency == 1 {
-        crate::cores::use_one();
-    }
     // What is timed: the JSON request, or the same tensors as binary data.
     let (timed_body, header_length) = if opts.binary {
         let (b, h) = binary_request(&body)?;
@@ -414,6 +419,8 @@ pub async fn bench(opts: &BenchOptions) -> Result<()> {
         "model": opts.model.display().to_string(),
         "iterations": n,
         "instance_threads": crate::cores::count(),
+        // Whether the native ways were timed on the instance thread too.
+        "timed_on_instance_thread": crate::cores::on_core(),
         "native_us": Summary::of(native),
         "wasm_us": Summary::of(wasm),
         "wasi_nn_us": Summary::of(wasi_nn),

@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -22,36 +22,50 @@ thread_local! {
     static ON_CORE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Set by [`use_one`].
-static ONLY_ONE: AtomicBool = AtomicBool::new(false);
+/// The core threads, started on first use (or this thread, see [`run_here`]).
+static CORES: OnceLock<Vec<Core>> = OnceLock::new();
 
 fn cores() -> &'static [Core] {
-    static CORES: OnceLock<Vec<Core>> = OnceLock::new();
     CORES.get_or_init(|| {
-        let n = if ONLY_ONE.load(Ordering::Relaxed) {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         (0..n).map(start).collect()
     })
 }
 
-/// Runs every instance on one core thread instead of one per CPU, for
-/// `edgeinfer bench`: the instances it compares (warm and cold, in the
-/// sandbox and through `wasi:nn`) then share a thread, a CPU and its caches.
-/// Across two vCPUs of a small VM the cold calls carried their CPU's own
-/// noise (embed's paired cold − warm p50: 0.8–1.1 ms across CPUs, 0.2–0.5 ms
-/// on one). Takes effect only before the first instance is spawned.
-pub fn use_one() {
-    ONLY_ONE.store(true, Ordering::Relaxed);
+fn new_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building an instance runtime")
+}
+
+/// Makes the calling thread the only core and runs `f` on it, with every
+/// instance it spawns: for `edgeinfer bench`, which then times its native
+/// ways, warm instances and cold ones on one thread, one CPU and its caches.
+/// Across two vCPUs of a small VM, cold calls carried their CPU's own noise
+/// (embed's paired cold − warm p50: 0.8–1.1 ms across CPUs, 0.2–0.5 ms on
+/// one), and a model run on the instance thread after native tract ran on
+/// another ran 1.4× slower (ppocr-cls). Fails if the cores have started;
+/// the thread stays the core for the rest of the process.
+pub fn run_here<F: Future>(f: F) -> anyhow::Result<F::Output> {
+    let runtime = new_runtime();
+    let mut installed = false;
+    CORES.get_or_init(|| {
+        installed = true;
+        vec![Core {
+            handle: runtime.handle().clone(),
+            load: AtomicUsize::new(0),
+        }]
+    });
+    if !installed {
+        anyhow::bail!("the instance threads have already started");
+    }
+    ON_CORE.with(|c| c.set(true));
+    Ok(runtime.block_on(f))
 }
 
 fn start(i: usize) -> Core {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building an instance runtime");
+    let runtime = new_runtime();
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name(format!("core-{i}"))

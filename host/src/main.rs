@@ -239,7 +239,7 @@ fn main() -> std::process::ExitCode {
         Command::Models {
             command: ModelsCommand::Add(opts),
         } => edgeinfer::models::add(&opts),
-        Command::Bench(opts) => runtime.block_on(edgeinfer::bench::bench(&opts)),
+        Command::Bench(opts) => edgeinfer::bench::bench(&opts, &runtime),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

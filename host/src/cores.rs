@@ -45,8 +45,9 @@ fn new_runtime() -> tokio::runtime::Runtime {
 /// Across two vCPUs of a small VM, cold calls carried their CPU's own noise
 /// (embed's paired cold − warm p50: 0.8–1.1 ms across CPUs, 0.2–0.5 ms on
 /// one), and a model run on the instance thread after native tract ran on
-/// another ran 1.4× slower (ppocr-cls). Fails if the cores have started;
-/// the thread stays the core for the rest of the process.
+/// another ran 1.4× slower (ppocr-cls). Fails if the cores have started.
+/// No other core starts afterwards: instances spawned once `f` has returned
+/// never run.
 pub fn run_here<F: Future>(f: F) -> anyhow::Result<F::Output> {
     let runtime = new_runtime();
     let mut installed = false;

@@ -78,6 +78,40 @@ async fn environment_is_passed() {
     );
 }
 
+/// An initializer that leaves a file open is refused when the function is
+/// baked, with the file and the way out named: the snapshot would keep a
+/// handle that names nothing in a fresh instance.
+#[test]
+fn baking_refuses_an_initializer_that_leaves_a_file_open() {
+    let app = |keep_open: &str| {
+        App::new(manifest(&format!(
+            r#"
+[[trigger.http]]
+route = "/..."
+component = "probe"
+
+[component.probe]
+source = "probe-baked.wasm"
+files = ["static/**/*.txt"]
+environment = {{ PROBE_INIT_KEEP_OPEN = "{keep_open}" }}
+[component.probe.tool.edgeinfer]
+bake = "{probe}"
+"#,
+            probe = artifacts::PROBE
+        )))
+        .file("static/a.txt", "file a")
+    };
+    let err = app("/static/a.txt").arg("--build").start_err();
+    assert!(
+        err.contains("left 1 file(s) open") && err.contains("probe"),
+        "{err}"
+    );
+    // The same initializer, its open failing (no such file), bakes.
+    let dir = app("/static/none.txt").write();
+    common::cli(dir.path(), &["build"]);
+    assert!(dir.path().join("probe-baked.wasm").exists());
+}
+
 /// A baked function reads its environment and files, and prints, in a
 /// request as its instance has them, whatever its initializer did at build
 /// time: the snapshot keeps neither the build's environment nor its file and

@@ -66,6 +66,26 @@ pub async fn bake(
         .map_err(anyhow::Error::from)
         .with_context(|| format!("pre-initializing {}", input.display()))?;
 
+    // A handle is the build instance's: in a fresh instance of the snapshot
+    // it names nothing, and a read through it fails at request time.
+    let held = store.data_mut().held_handles();
+    if held.files > 0 {
+        anyhow::bail!(
+            "pre-initializing {}: its initializer left {} file(s) open; a snapshot cannot \
+             keep an open file, so close it before `{INIT_EXPORT}` returns and open it \
+             again in the request",
+            input.display(),
+            held.files
+        );
+    }
+    if held.other > 0 {
+        tracing::warn!(
+            component = %input.display(),
+            handles = held.other,
+            "the initializer left host handles open (directories, streams); they name \
+             nothing in a fresh instance"
+        );
+    }
     if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -115,6 +115,27 @@ impl InstanceState {
     pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limiter
     }
+
+    /// The host handles the guest still holds: open files, and anything else
+    /// (directories, streams, requests). For a snapshot, which cannot keep them.
+    pub fn held_handles(&mut self) -> HeldHandles {
+        use wasmtime_wasi::filesystem::Descriptor;
+        let mut held = HeldHandles::default();
+        for entry in self.table.iter_mut() {
+            match entry.downcast_ref::<Descriptor>() {
+                Some(Descriptor::File(_)) => held.files += 1,
+                _ => held.other += 1,
+            }
+        }
+        held
+    }
+}
+
+/// See [`InstanceState::held_handles`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeldHandles {
+    pub files: usize,
+    pub other: usize,
 }
 
 impl WasiView for InstanceState {

@@ -26,6 +26,10 @@ kit::export_wizer_init!(|| {
     let _ = std::env::var_os("MODE");
     println!("probe: initialized");
     eprintln!("probe: initialized");
+    // What baking must refuse: a file still open when the snapshot is taken.
+    if let Some(path) = std::env::var_os("PROBE_INIT_KEEP_OPEN") {
+        std::mem::forget(std::fs::File::open(path));
+    }
 });
 
 #[http_service]

@@ -78,14 +78,11 @@ async fn environment_is_passed() {
     );
 }
 
-/// An initializer that leaves a file open is refused when the function is
-/// baked, with the file and the way out named: the snapshot would keep a
-/// handle that names nothing in a fresh instance.
-#[test]
-fn baking_refuses_an_initializer_that_leaves_a_file_open() {
-    let app = |keep_open: &str| {
-        App::new(manifest(&format!(
-            r#"
+/// probe, baked from its build into `probe-baked.wasm`, with `static/a.txt`
+/// and `environment` (the inside of a TOML inline table).
+fn baked_probe(environment: &str) -> App {
+    App::new(manifest(&format!(
+        r#"
 [[trigger.http]]
 route = "/..."
 component = "probe"
@@ -93,21 +90,29 @@ component = "probe"
 [component.probe]
 source = "probe-baked.wasm"
 files = ["static/**/*.txt"]
-environment = {{ PROBE_INIT_KEEP_OPEN = "{keep_open}" }}
+environment = {{ {environment} }}
 [component.probe.tool.edgeinfer]
 bake = "{probe}"
 "#,
-            probe = artifacts::PROBE
-        )))
-        .file("static/a.txt", "file a")
-    };
-    let err = app("/static/a.txt").arg("--build").start_err();
+        probe = artifacts::PROBE
+    )))
+    .file("static/a.txt", "file a")
+}
+
+/// An initializer that leaves a file open is refused when the function is
+/// baked, with the file and the way out named: the snapshot would keep a
+/// handle that names nothing in a fresh instance.
+#[test]
+fn baking_refuses_an_initializer_that_leaves_a_file_open() {
+    let err = baked_probe(r#"PROBE_INIT_KEEP_OPEN = "/static/a.txt""#)
+        .arg("--build")
+        .start_err();
     assert!(
         err.contains("left 1 file(s) open") && err.contains("probe"),
         "{err}"
     );
     // The same initializer, its open failing (no such file), bakes.
-    let dir = app("/static/none.txt").write();
+    let dir = baked_probe(r#"PROBE_INIT_KEEP_OPEN = "/static/none.txt""#).write();
     common::cli(dir.path(), &["build"]);
     assert!(dir.path().join("probe-baked.wasm").exists());
 }
@@ -120,24 +125,7 @@ bake = "{probe}"
 /// not, the call trapped.
 #[tokio::test]
 async fn a_baked_function_reads_environment_and_files_at_request_time() {
-    let app = |mode: &str| {
-        App::new(manifest(&format!(
-            r#"
-[[trigger.http]]
-route = "/..."
-component = "probe"
-
-[component.probe]
-source = "probe-baked.wasm"
-files = ["static/**/*.txt"]
-environment = {{ MODE = "{mode}" }}
-[component.probe.tool.edgeinfer]
-bake = "{probe}"
-"#,
-            probe = artifacts::PROBE
-        )))
-        .file("static/a.txt", "file a")
-    };
+    let app = |mode: &str| baked_probe(&format!(r#"MODE = "{mode}""#));
     // Baked with one environment (its initializer reads it and the files),
     // then served, without baking again, with another.
     let dir = app("baked").write();

@@ -104,9 +104,10 @@ bake = "{probe}"
 /// handle that names nothing in a fresh instance.
 #[test]
 fn baking_refuses_an_initializer_that_leaves_a_file_open() {
-    let err = baked_probe(r#"PROBE_INIT_KEEP_OPEN = "/static/a.txt""#)
-        .arg("--build")
-        .start_err();
+    // `build`, not `up --build`: were the file let through, `up` would serve.
+    let dir = baked_probe(r#"PROBE_INIT_KEEP_OPEN = "/static/a.txt""#).write();
+    let err = common::cli_err(dir.path(), &["build"]);
+    assert!(!dir.path().join("probe-baked.wasm").exists());
     assert!(
         err.contains("left 1 file(s) open") && err.contains("probe"),
         "{err}"

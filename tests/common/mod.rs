@@ -171,6 +171,21 @@ pub fn cli_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs the `edgeinfer` CLI in `dir` expecting it to fail; returns its stderr.
+pub fn cli_err(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .current_dir(dir)
+        .args(args)
+        .env("EDGEINFER_DB", dir.join("edgeinfer.db"))
+        .output()
+        .expect("running edgeinfer");
+    assert!(
+        !out.status.success(),
+        "edgeinfer {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Every meter record in the ledger of the app in `dir`, as JSON.
 pub fn events(dir: &Path) -> Vec<serde_json::Value> {
     cli(dir, &["billing", "events", "--format", "jsonl"])

@@ -156,10 +156,7 @@ pub fn cli(dir: &Path, args: &[&str]) -> String {
 
 /// [`cli`] with `env` added to the command's environment.
 pub fn cli_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .current_dir(dir)
-        .args(args)
-        .env("EDGEINFER_DB", dir.join("edgeinfer.db"))
+    let out = cli_command(dir, args)
         .envs(env.iter().copied())
         .output()
         .expect("running edgeinfer");
@@ -173,17 +170,21 @@ pub fn cli_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 
 /// Runs the `edgeinfer` CLI in `dir` expecting it to fail; returns its stderr.
 pub fn cli_err(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-        .current_dir(dir)
-        .args(args)
-        .env("EDGEINFER_DB", dir.join("edgeinfer.db"))
-        .output()
-        .expect("running edgeinfer");
+    let out = cli_command(dir, args).output().expect("running edgeinfer");
     assert!(
         !out.status.success(),
         "edgeinfer {args:?} should have failed"
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `edgeinfer` CLI with `args`, run in `dir` on the database of the app there.
+fn cli_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgeinfer"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env("EDGEINFER_DB", dir.join("edgeinfer.db"));
+    cmd
 }
 
 /// Every meter record in the ledger of the app in `dir`, as JSON.

@@ -8,7 +8,7 @@
 # nn-cold: oip-nn's cold call less its warm one, paired call by call.
 #
 # Usage: tests/bench/models.sh [MODEL_DIR ...]   (default: digits filetype embed extra/squeezenet extra/ppocr-cls)
-# Env:   ITERATIONS (default 200), EDGEINFER_BIN (default target/release/edgeinfer),
+# Env:   ITERATIONS (default 500: a p99 of fewer calls is one or two stalls), EDGEINFER_BIN (default target/release/edgeinfer),
 #        BINARY=1 (send edgeinfer's columns the tensors as OIP binary data, not JSON),
 #        PYTHON (a python with onnxruntime; default: the venv target/py, see tests/ort-lib).
 set -euo pipefail
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source tests/bench/lib.sh
 BENCH=models
-ITERATIONS=${ITERATIONS:-200}
+ITERATIONS=${ITERATIONS:-500}
 models=("$@")
 [[ ${#models[@]} == 0 ]] && models=(digits filetype embed extra/squeezenet extra/ppocr-cls)
 

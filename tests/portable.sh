@@ -12,14 +12,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tests/bench/lib.sh
 BENCH=portable
-WASMTIME_VERSION=48.0.8
-export PATH="$HOME/.cargo/bin:$PATH" # where `cargo install` puts wasmtime
 
 rustup target add wasm32-wasip2 >&2
 need_load_tools
-if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
-  cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked >&2
-fi
+need_wasmtime
 if [[ -z "${EDGEINFER_BIN:-}" ]]; then
   cargo build -p edgeinfer >&2
   EDGEINFER_BIN=$PWD/target/debug/edgeinfer

@@ -14,15 +14,11 @@ json=0
 [[ "${1:-}" == --json ]] && json=1
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
-WASMTIME_VERSION=48.0.8
-export PATH="$HOME/.cargo/bin:$PATH"   # where `cargo install` puts wasmtime
 
 # --- Prerequisites. Everything noisy goes to stderr so --json stays parseable.
 rustup target add wasm32-wasip2 >&2
 need_load_tools
-if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
-  cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked >&2
-fi
+need_wasmtime
 
 # --- Build guest and host (release: we are measuring the host, not debug checks).
 (cd functions && cargo build --release -p hello) >&2

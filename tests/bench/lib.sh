@@ -11,6 +11,15 @@ need_load_tools() {
   done
 }
 
+# `wasmtime` 48, the host edgeinfer is compared with: wasmtime-cli at the
+# version of our wasmtime dependency, installed by cargo if it is not there.
+need_wasmtime() {
+  export PATH="$HOME/.cargo/bin:$PATH" # where `cargo install` puts it
+  if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
+    cargo install wasmtime-cli --version 48.0.8 --locked >&2
+  fi
+}
+
 # Sets EDGEINFER_BIN, building the release host unless it is given.
 need_edgeinfer() {
   if [[ -z "${EDGEINFER_BIN:-}" ]]; then

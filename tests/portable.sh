@@ -2,8 +2,9 @@
 # The bundled functions are portable: the files `edgeinfer build` bakes (the
 # `source`s in spin.toml) run unchanged on another wasmtime host, `wasmtime
 # serve` 48, and answer every request with the same body as `edgeinfer up`.
-# (Spin itself cannot be built here: some of its git dependencies are out of
-# this machine's reach.)
+# (Spin itself cannot be built in CI: some of its git dependencies are out
+# of this machine's reach. Built by hand with them replaced, it gave the same
+# answers; see README.)
 #
 # Usage: tests/portable.sh
 # Env:   EDGEINFER_BIN (default: target/debug/edgeinfer, built if not given).

@@ -13,10 +13,14 @@ need_load_tools() {
 
 # `wasmtime` 48, the host edgeinfer is compared with: wasmtime-cli at the
 # version of our wasmtime dependency, installed by cargo if it is not there.
+# Only what `run` and `serve` need: the same runtime, Cranelift, pooling
+# allocator and WASIp3 as the default build, without winch, pulley, GC,
+# wasi-nn, wasi-tls, wast and the explorer, which CI would build for nothing.
 need_wasmtime() {
   export PATH="$HOME/.cargo/bin:$PATH" # where `cargo install` puts it
   if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
-    cargo install wasmtime-cli --version 48.0.8 --locked >&2
+    cargo install wasmtime-cli --version 48.0.8 --locked --no-default-features \
+      --features run,serve,cranelift,wat,cache,parallel-compilation,pooling-allocator,component-model,component-model-async,logging,clap/default >&2
   fi
 }
 

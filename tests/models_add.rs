@@ -36,15 +36,16 @@ fn add(app_dir: &Path, name: &str, file: &Path, engine: &str) -> std::process::O
 }
 
 /// An app laid out like this repository: `models add` writes build commands
-/// for `functions/` and bakes from `target/`, so link both in.
+/// for `functions/` and bakes from `target/wasm/`, so link both in.
 fn app_like_repo() -> App {
     App::new(manifest(&component("hello", "/hello", artifacts::HELLO)))
 }
 
+/// The baked files go to the app's own `target/baked/`, so every run bakes.
 fn link_repo(dir: &Path) {
-    for d in ["functions", "target"] {
-        std::os::unix::fs::symlink(repo().join(d), dir.join(d)).unwrap();
-    }
+    std::os::unix::fs::symlink(repo().join("functions"), dir.join("functions")).unwrap();
+    std::fs::create_dir(dir.join("target")).unwrap();
+    std::os::unix::fs::symlink(repo().join("target/wasm"), dir.join("target/wasm")).unwrap();
 }
 
 #[tokio::test]
@@ -88,6 +89,20 @@ async fn added_models_match_onnx_runtime_over_oip() {
     }
 
     let host = app.start_in(dir).await;
+    // One function baked with three models: compiled at most once, since
+    // baking compiles through wasmtime's code cache.
+    let baked: Vec<String> = host
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("Baked component"))
+        .collect();
+    assert_eq!(baked.len(), EXTRA.len(), "{baked:?}");
+    assert!(
+        baked[1..]
+            .iter()
+            .all(|l| l.ends_with("(its code from the cache)")),
+        "{baked:?}"
+    );
     for name in EXTRA {
         let meta: Value = host.get_json(&format!("/v2/models/{name}")).await;
         assert_eq!(meta["name"], name);

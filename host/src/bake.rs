@@ -17,24 +17,46 @@ use crate::sandbox::{self, Capabilities, InstanceState, MemoryStats};
 /// The export a bakeable component provides.
 pub const INIT_EXPORT: &str = "wizer-initialize";
 
-/// An engine for baking only: no pool and no epochs, since initialisation is
-/// trusted build-time work that may need more memory than a request does.
-pub fn engine() -> Result<Engine> {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.wasm_component_model_async(true);
-    Engine::new(&config).map_err(anyhow::Error::from)
+/// The engine baking runs on, and the code cache it compiles through.
+///
+/// No pool and no epochs: initialisation is trusted build-time work that may
+/// need more memory than a request does. Wizer compiles the component it
+/// instruments itself, out of reach of our [`crate::engine::CompileCache`],
+/// so baking uses wasmtime's own code cache in the state dir: the generic
+/// `oip` function, baked once per model (`models add`, `bench`), is then
+/// compiled once, not once per model.
+pub struct Baker {
+    engine: Engine,
+    cache: wasmtime::Cache,
+}
+
+impl Baker {
+    pub fn new(state_dir: &Path) -> Result<Self> {
+        let dir = std::path::absolute(state_dir.join("bake-cache"))
+            .with_context(|| format!("resolving {}", state_dir.display()))?;
+        let mut cache_config = wasmtime::CacheConfig::new();
+        cache_config.with_directory(dir);
+        let cache = wasmtime::Cache::new(cache_config)
+            .map_err(anyhow::Error::from)
+            .context("setting up the baking code cache")?;
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.wasm_component_model_async(true);
+        config.cache(Some(cache.clone()));
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        Ok(Self { engine, cache })
+    }
+
+    /// How many compiles so far found their code in the cache.
+    pub fn cache_hits(&self) -> usize {
+        self.cache.cache_hits()
+    }
 }
 
 /// Bakes `input` into `output`, unless `output` was already baked from the
 /// same inputs (a sidecar `.sha256` records which): the component, and the
 /// environment and files its initializer can read.
-pub async fn bake(
-    engine: &Engine,
-    caps: &Capabilities,
-    input: &Path,
-    output: &Path,
-) -> Result<bool> {
+pub async fn bake(baker: &Baker, caps: &Capabilities, input: &Path, output: &Path) -> Result<bool> {
     let wasm = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
     let digest = inputs_digest(&wasm, caps)?;
     let stamp = output.with_extension("wasm.sha256");
@@ -42,14 +64,14 @@ pub async fn bake(
         return Ok(false);
     }
 
-    let linker = sandbox::linker(engine)?;
+    let linker = sandbox::linker(&baker.engine)?;
     let caps = Capabilities {
         // Baking may hold the unplanned and the planned model at once.
         max_memory_bytes: 4 << 30,
         ..caps.clone()
     };
     let state = InstanceState::new(&caps, Arc::new(MemoryStats::default()), Default::default())?;
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&baker.engine, state);
     store.limiter(|s| s.limiter());
     // Wizer copies the initialized memory out through the host; the default
     // cap on such copies (128 MiB) is below a model's snapshot (~135 MiB for

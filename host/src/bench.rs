@@ -575,7 +575,13 @@ async fn sandboxed(
         nn: Arc::new(crate::nn::Registry::empty()),
     };
     let baked = work.path().join("baked.wasm");
-    crate::bake::bake(&crate::bake::engine()?, &caps, &opts.component, &baked).await?;
+    crate::bake::bake(
+        &crate::bake::Baker::new(&opts.state_dir)?,
+        &caps,
+        &opts.component,
+        &baked,
+    )
+    .await?;
     Ok((ready(opts, caps, &baked)?, work))
 }
 

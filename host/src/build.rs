@@ -31,29 +31,34 @@ pub async fn build_all(plan: &Plan, state_dir: &Path) -> Result<()> {
         }
     }
 
-    let mut engine = None;
+    let mut baker = None;
     for (id, c) in &manifest.components {
         let Some(input) = &c.bake_from else { continue };
         // Served as its wasi:nn build, which carries no model to bake.
         if plan.serves_wasi_nn(id) {
             continue;
         }
-        let engine = match &mut engine {
-            Some(e) => e,
-            None => engine.insert(crate::bake::engine()?),
+        let baker = match &mut baker {
+            Some(b) => b,
+            None => baker.insert(crate::bake::Baker::new(state_dir)?),
         };
         let limits = plan.runtime.settings(id).limits();
         let mut staged = Vec::new();
         let caps = plan
             .capabilities(c, &limits, state_dir, &mut staged)
             .with_context(|| format!("component `{id}`"))?;
-        let started = std::time::Instant::now();
-        let baked = crate::bake::bake(engine, &caps, input, &c.source)
+        let (started, hits) = (std::time::Instant::now(), baker.cache_hits());
+        let baked = crate::bake::bake(baker, &caps, input, &c.source)
             .await
             .with_context(|| format!("baking component `{id}`"))?;
         if baked {
+            let cached = if baker.cache_hits() > hits {
+                " (its code from the cache)"
+            } else {
+                ""
+            };
             eprintln!(
-                "Baked component {id} into {} in {:.1}s",
+                "Baked component {id} into {} in {:.1}s{cached}",
                 c.source.display(),
                 started.elapsed().as_secs_f64()
             );

@@ -160,6 +160,20 @@ async fn digits_rejects_bad_input_with_a_reason() {
         assert!(!v["error"].as_str().unwrap().is_empty(), "{text}");
     }
 
+    // A body cut short: the client declares more than it sends and leaves.
+    // What arrived is a whole, valid request, so only the declared length
+    // tells it is not the body. The host reads bodies whole, so it answers
+    // before the function runs (tests/portable.sh checks the function's own
+    // refusal, on a host that streams the body to it).
+    let (status, text) = cut_short(
+        &host,
+        "/models/digits",
+        &json_body(json!({"pixels": vec![0.0; 64]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("reading the request body"), "{text}");
+
     // An unknown model name: the host has no route for it.
     let (status, _) = error_body(host.get("/v2/models/nosuch").await).await;
     assert_eq!(status, 404);
@@ -167,6 +181,36 @@ async fn digits_rejects_bad_input_with_a_reason() {
     // Still serving.
     let ok = host.get("/v2/models/digits/ready").await;
     assert_eq!(ok.status(), 200);
+}
+
+/// POSTs `body` to `path` over a raw connection, declaring 64 bytes more
+/// than it sends, then closes its side; the answer's status and body.
+async fn cut_short(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = host.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len() + 64
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        conn.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer within 30 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3)?.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    (status, answer)
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! - [`engine`]: the [`Engine`](engine::Engine) trait, input checks, the tract engine.
 //! - [`respond`]: JSON replies, OIP responses and metadata, errors.
 //! - [`oip`]: the OIP v2 router for one model.
+//! - `p2` (feature `p2`): the `wasi:http@0.2` entry, for functions that never run on Spin.
 //! - [`export_wizer_init!`]: the pre-initialization hook.
 //! - `heap` (wasm only): the allocator, Rust's and C's; after
 //!   pre-initialization, requests allocate above the baked image.
@@ -24,6 +25,8 @@ pub mod decode;
 pub mod engine;
 mod error;
 pub mod oip;
+#[cfg(feature = "p2")]
+pub mod p2;
 pub mod respond;
 pub mod tensor;
 

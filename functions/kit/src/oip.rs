@@ -7,7 +7,7 @@
 //! and a 404 JSON for any other model name or sub-path under `/v2/models/`.
 //! The path may carry a prefix before `/v2/models/` (whatever the host routed).
 
-use spin_sdk::http::{Method, Request};
+use spin_sdk::http::{HeaderMap, Method, Request};
 
 use crate::KitError;
 use crate::decode;
@@ -61,27 +61,72 @@ pub fn parse_path(path: &str, name: &str) -> Result<Route, KitError> {
     }
 }
 
+/// An OIP request's head, checked before its body is read: the route, and
+/// the binary extension's header length. Shared by the p3 entry ([`serve`])
+/// and the p2 one (`p2::serve_oip`).
+pub struct Head<'n> {
+    route: Route,
+    method: Method,
+    name: &'n str,
+    header_length: Option<usize>,
+}
+
+impl<'n> Head<'n> {
+    /// Checks `path` and the header-length header against model `name`.
+    pub fn parse(
+        path: &str,
+        method: Method,
+        headers: &HeaderMap,
+        name: &'n str,
+    ) -> Result<Self, KitError> {
+        let route = parse_path(path, name)?;
+        let header_length = match headers.get(decode::HEADER_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| {
+                        KitError::bad_request(format!(
+                            "{} must be a byte count",
+                            decode::HEADER_LENGTH
+                        ))
+                    })?,
+            ),
+        };
+        Ok(Self {
+            route,
+            method,
+            name,
+            header_length,
+        })
+    }
+
+    /// Whether [`Head::answer`] needs the body: only inference reads it.
+    pub fn reads_body(&self) -> bool {
+        self.route == Route::Infer && self.method == Method::POST
+    }
+
+    /// The reply, given the body (empty unless [`Head::reads_body`]).
+    pub fn answer<E: Engine>(&self, engine: &LazyEngine<E>, body: &[u8]) -> Reply {
+        respond::result(handle(
+            self.route,
+            &self.method,
+            self.name,
+            || engine.get().map(|e| e as &dyn Engine),
+            body,
+            self.header_length,
+        ))
+    }
+}
+
 /// Serves an OIP request for model `name` (reads the body only for `infer`).
 pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) -> Reply {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    let route = match parse_path(&path, name) {
-        Ok(route) => route,
+    let head = match Head::parse(req.uri().path(), req.method().clone(), req.headers(), name) {
+        Ok(head) => head,
         Err(e) => return respond::error(&e),
     };
-    let header_length = match req.headers().get(decode::HEADER_LENGTH) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse().ok()) {
-            Some(n) => Some(n),
-            None => {
-                return respond::error(&KitError::bad_request(format!(
-                    "{} must be a byte count",
-                    decode::HEADER_LENGTH
-                )));
-            }
-        },
-    };
-    let body = if route == Route::Infer && method == Method::POST {
+    let body = if head.reads_body() {
         match crate::body::read_all(req).await {
             Ok(b) => b,
             Err(e) => return respond::error(&e),
@@ -89,14 +134,7 @@ pub async fn serve<E: Engine>(req: Request, name: &str, engine: &LazyEngine<E>) 
     } else {
         Default::default()
     };
-    respond::result(handle(
-        route,
-        &method,
-        name,
-        || engine.get().map(|e| e as &dyn Engine),
-        &body,
-        header_length,
-    ))
+    head.answer(engine, &body)
 }
 
 /// Serves a model function: OIP v2 under `/v2/models/NAME`, and its own

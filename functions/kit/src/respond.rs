@@ -47,6 +47,19 @@ pub fn result(r: Result<Reply, KitError>) -> Reply {
     r.unwrap_or_else(|e| error(&e))
 }
 
+/// A reply taken apart: its status, headers and whole body. A [`Reply`]'s
+/// body is one ready frame, so this needs no executor.
+pub fn into_parts(reply: Reply) -> (StatusCode, spin_sdk::http::HeaderMap, Bytes) {
+    use http_body::Body as _;
+    let (parts, mut body) = reply.into_parts();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let data = match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+        std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    (parts.status, parts.headers, data)
+}
+
 impl From<KitError> for Reply {
     fn from(e: KitError) -> Self {
         error(&e)

@@ -114,18 +114,8 @@ fn inputs_are_checked_and_ordered() {
 }
 
 fn body(reply: &respond::Reply) -> Value {
-    use http_body::Body as _;
-    // FullBody is ready immediately: poll it once without an executor.
-    let mut body = reply.body().clone();
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let frame = std::pin::Pin::new(&mut body).poll_frame(&mut cx);
-    match frame {
-        std::task::Poll::Ready(Some(Ok(frame))) => {
-            serde_json::from_slice(frame.data_ref().unwrap()).unwrap()
-        }
-        other => panic!("body not ready: {other:?}"),
-    }
+    let (_, _, body) = respond::into_parts(reply.clone());
+    serde_json::from_slice(&body).unwrap()
 }
 
 #[test]

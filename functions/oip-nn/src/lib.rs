@@ -1,12 +1,12 @@
 //! oip-nn: the generic Open Inference Protocol function with the model run
 //! by the host through `wasi:nn`. `EDGEINFER_MODEL_NAME` is both the OIP
 //! model name and the graph's name in edgeinfer.toml's `[nn.models]`. The
-//! component carries no weights, so there is nothing to bake.
+//! component carries no weights, so there is nothing to bake. It needs
+//! `wasi:nn`, which Spin lacks, so it takes the lighter `wasi:http@0.2` entry
+//! (`kit::p2`) instead of spin-sdk's p3 one.
 
 use kit::engine::{LazyEngine, NnEngine};
-use kit::respond::Reply;
-use spin_sdk::http::Request;
-use spin_sdk::http_service;
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 fn model_name() -> String {
     std::env::var("EDGEINFER_MODEL_NAME").unwrap_or_else(|_| "model".to_string())
@@ -14,7 +14,12 @@ fn model_name() -> String {
 
 static MODEL: LazyEngine<NnEngine> = LazyEngine::new(|| Ok(NnEngine::by_name(model_name())));
 
-#[http_service]
-async fn oip(req: Request) -> Reply {
-    kit::oip::serve(req, &model_name(), &MODEL).await
+struct Oip;
+
+impl wasip2::exports::http::incoming_handler::Guest for Oip {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        kit::p2::serve_oip(request, out, &model_name(), &MODEL);
+    }
 }
+
+wasip2::http::proxy::export!(Oip);

@@ -1,0 +1,162 @@
+//! The `wasi:http@0.2` (p2) entry: a request's head and whole body in, a
+//! [`Reply`] out, with no async runtime. Functions that only run on hosts
+//! with `wasi:nn` (never on Spin) use it. A p2 call is plain host calls,
+//! where spin-sdk's p3 entry also waits on the host for the task, the body's
+//! stream and the response's; on a first-generation Zen that was 53 µs of a
+//! warm digits call and ~90 µs of a ppocr-cls one (tests/bench/RESULTS.md).
+
+use std::io::Write as _;
+
+use spin_sdk::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method as P2Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasip2::io::streams::StreamError;
+
+use crate::KitError;
+use crate::engine::{Engine, LazyEngine};
+use crate::oip::Head;
+use crate::respond::{self, Reply};
+
+/// A p2 request's head, as the kit's routers take it.
+pub struct RequestHead {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// Answers `request` on `out` with what `answer` makes of its head and a
+/// reader of its whole body.
+pub fn serve(
+    request: IncomingRequest,
+    out: ResponseOutparam,
+    answer: impl FnOnce(&RequestHead, &mut dyn FnMut() -> Result<Vec<u8>, KitError>) -> Reply,
+) {
+    let head = RequestHead {
+        method: method(request.method()),
+        path: request
+            .path_with_query()
+            .map(|p| p.split('?').next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| "/".to_owned()),
+        headers: headers(&request.headers()),
+    };
+    let declared = head
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+    let reply = answer(&head, &mut || read_all(&request, declared));
+    drop(request);
+    send(out, reply);
+}
+
+/// [`crate::oip::serve`] over p2: OIP v2 for model `name`, the body read only
+/// for inference.
+pub fn serve_oip<E: Engine>(
+    request: IncomingRequest,
+    out: ResponseOutparam,
+    name: &str,
+    engine: &LazyEngine<E>,
+) {
+    serve(request, out, |req, read_body| {
+        let head = match Head::parse(&req.path, req.method.clone(), &req.headers, name) {
+            Ok(head) => head,
+            Err(e) => return respond::error(&e),
+        };
+        let body = if head.reads_body() {
+            match read_body() {
+                Ok(b) => b,
+                Err(e) => return respond::error(&e),
+            }
+        } else {
+            Vec::new()
+        };
+        head.answer(engine, &body)
+    });
+}
+
+fn method(m: P2Method) -> Method {
+    match m {
+        P2Method::Get => Method::GET,
+        P2Method::Head => Method::HEAD,
+        P2Method::Post => Method::POST,
+        P2Method::Put => Method::PUT,
+        P2Method::Delete => Method::DELETE,
+        P2Method::Connect => Method::CONNECT,
+        P2Method::Options => Method::OPTIONS,
+        P2Method::Trace => Method::TRACE,
+        P2Method::Patch => Method::PATCH,
+        // Hosts pass only methods that parsed; else one that no route allows.
+        P2Method::Other(m) => Method::from_bytes(m.as_bytes()).unwrap_or(Method::TRACE),
+    }
+}
+
+fn headers(fields: &Fields) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields.entries() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// The least a read asks for when the length is unknown or exceeded.
+const MIN_READ: u64 = 64 << 10;
+/// The most a `Content-Length` may ask for in one read.
+const MAX_READ: u64 = 64 << 20;
+
+/// Reads the body whole. A clean end of the stream is the end of the body: a
+/// client that leaves early makes the read fail instead.
+fn read_all(request: &IncomingRequest, declared: Option<usize>) -> Result<Vec<u8>, KitError> {
+    let failed = |e: String| KitError::bad_request(format!("reading the body: {e}"));
+    let body = request
+        .consume()
+        .map_err(|()| KitError::internal("the request body was already read"))?;
+    let stream = body
+        .stream()
+        .map_err(|()| KitError::internal("the request body's stream was already taken"))?;
+    let mut whole = Vec::new();
+    loop {
+        // One byte over what is left of the declared length, so that the
+        // read after the last byte finds the end.
+        let left = declared.map_or(0, |n| n.saturating_sub(whole.len())) as u64;
+        match stream.blocking_read((left + 1).clamp(MIN_READ, MAX_READ)) {
+            // Usually the whole body in one chunk: take it without a copy.
+            Ok(chunk) if whole.is_empty() => whole = chunk,
+            Ok(chunk) => whole.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => return Err(failed(e.to_debug_string())),
+        }
+    }
+    drop(stream);
+    // The stream's clean end already says the body is whole; its trailers
+    // (none for the kit's requests) are not waited for.
+    drop(body);
+    Ok(whole)
+}
+
+fn send(out: ResponseOutparam, reply: Reply) {
+    let (status, headers, body) = respond::into_parts(reply);
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    // The kit's headers are all valid; a host that refuses one gets none.
+    let fields = Fields::from_list(&entries).unwrap_or_else(|_| Fields::new());
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(status.as_u16());
+    let Ok(outgoing) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(response));
+    // If the client has gone, there is no one to tell.
+    if let Ok(mut stream) = outgoing.write() {
+        let _ = stream
+            .write_all(&body)
+            .and_then(|()| std::io::Write::flush(&mut stream));
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}

@@ -108,8 +108,10 @@ const MIN_READ: u64 = 64 << 10;
 /// The most a `Content-Length` may ask for in one read.
 const MAX_READ: u64 = 64 << 20;
 
-/// Reads the body whole. A clean end of the stream is the end of the body: a
-/// client that leaves early makes the read fail instead.
+/// Reads the body whole, to the stream's end. A host that streams the body
+/// fails the read if the client leaves early; a body that still ends short
+/// of its `Content-Length` is refused here too, so that no host's framing
+/// can pass a cut tensor to the model.
 fn read_all(request: &IncomingRequest, declared: Option<usize>) -> Result<Vec<u8>, KitError> {
     let failed = |e: String| KitError::bad_request(format!("reading the body: {e}"));
     let body = request
@@ -132,10 +134,15 @@ fn read_all(request: &IncomingRequest, declared: Option<usize>) -> Result<Vec<u8
         }
     }
     drop(stream);
-    // The stream's clean end already says the body is whole; its trailers
-    // (none for the kit's requests) are not waited for.
+    // Its trailers (none for the kit's requests) are not waited for.
     drop(body);
-    Ok(whole)
+    match declared {
+        Some(n) if n != whole.len() => Err(KitError::bad_request(format!(
+            "the body has {} bytes, not the {n} its Content-Length declares",
+            whole.len()
+        ))),
+        _ => Ok(whole),
+    }
 }
 
 fn send(out: ResponseOutparam, reply: Reply) {

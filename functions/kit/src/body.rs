@@ -5,7 +5,7 @@
 //! copy in the sandbox. Here the buffer is sized from `Content-Length` up
 //! front and filled in place, so the body is usually one read.
 
-use spin_sdk::http::{IncomingMessage as _, Request};
+use spin_sdk::http::{HeaderMap, IncomingMessage as _, Request};
 use spin_sdk::wasip3::wit_bindgen::StreamResult;
 use spin_sdk::wasip3::wit_future;
 
@@ -17,12 +17,16 @@ const MAX_RESERVE: usize = 64 << 20;
 /// The least a read asks for when the length is unknown or exceeded.
 const MIN_READ: usize = 64 << 10;
 
+/// The body's length as its `Content-Length` declares it, if it does.
+pub fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+}
+
 /// Reads `req`'s whole body into one buffer.
 pub async fn read_all(req: Request) -> Result<Vec<u8>, KitError> {
-    let declared = req
-        .headers()
-        .get(spin_sdk::http::HeaderName::from_static("content-length"))
-        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+    let declared = declared_length(req.headers());
     let failed = |e| KitError::bad_request(format!("reading the body: {e:?}"));
     let Some(message) = req.into_body().take_unstarted() else {
         // `into_body` always returns an unstarted body.
@@ -57,4 +61,25 @@ pub async fn read_all(req: Request) -> Result<Vec<u8>, KitError> {
         trailers.await.map_err(failed)?;
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(length: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", length.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn declared_length_is_read_from_the_head() {
+        assert_eq!(declared_length(&with("3136")), Some(3136));
+        assert_eq!(declared_length(&with(" 7 ")), Some(7));
+        // Not a length: the body is read to its end instead.
+        assert_eq!(declared_length(&with("-1")), None);
+        assert_eq!(declared_length(&with("12a")), None);
+        assert_eq!(declared_length(&HeaderMap::new()), None);
+    }
 }

@@ -40,10 +40,7 @@ pub fn serve(
             .unwrap_or_else(|| "/".to_owned()),
         headers: headers(&request.headers()),
     };
-    let declared = head
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+    let declared = crate::body::declared_length(&head.headers);
     let reply = answer(&head, &mut || read_all(&request, declared));
     drop(request);
     send(out, reply);

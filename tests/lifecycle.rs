@@ -11,14 +11,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut host = App::new(manifest(&component("probe", "/...", artifacts::PROBE)))
         .start()
         .await;
-    let slow = {
-        let client = host.client.clone();
-        let url = host.url("/probe/sleep?ms=1500");
-        tokio::spawn(async move {
-            let r = client.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        })
-    };
+    let slow = host.get_in_background("/probe/sleep?ms=1500");
     tokio::time::sleep(Duration::from_millis(300)).await;
     host.signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -51,16 +51,13 @@ async fn infinite_loop_is_stopped_at_the_deadline_with_504() {
 #[tokio::test]
 async fn a_looping_guest_does_not_starve_others() {
     let host = host().await;
-    let looping = {
-        let client = host.client.clone();
-        let url = host.url("/probe/loop");
-        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
-    };
+    let looping = host.get_in_background("/probe/loop");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Answered while the loop still runs.
     still_serving(&host).await;
     assert!(!looping.is_finished());
-    assert_eq!(looping.await.unwrap(), 504);
+    let (status, body) = looping.await.unwrap();
+    assert_eq!(status, 504, "{body}");
 }
 
 #[tokio::test]

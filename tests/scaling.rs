@@ -156,11 +156,7 @@ async fn waiting_past_the_queue_timeout_is_503_with_retry_after() {
     let host = probe_app("max_concurrency = 1\nmax_queue = 4\nqueue_timeout_ms = 200\n")
         .start()
         .await;
-    let busy = {
-        let client = host.client.clone();
-        let url = host.url("/probe/sleep?ms=1500");
-        tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
-    };
+    let busy = host.get_in_background("/probe/sleep?ms=1500");
     let probe = r#"component="probe""#;
     wait_metric(
         &host,
@@ -181,7 +177,7 @@ async fn waiting_past_the_queue_timeout_is_503_with_retry_after() {
         waited >= Duration::from_millis(190),
         "gave up after {waited:?}"
     );
-    assert_eq!(busy.await.unwrap(), 200);
+    assert_eq!(busy.await.unwrap().0, 200);
     assert_eq!(probe_rejected(&host, "queue_timeout").await, 1.0);
     // The slot is free again.
     assert_eq!(host.get("/probe/counter").await.status(), 200);
@@ -232,15 +228,9 @@ async fn a_burst_on_an_unloaded_component_loads_it_once() {
     let host = idle_hello(400).start().await;
     let hello = r#"component="hello""#;
     let cold = scaled_to_zero(&host).await;
-    let burst: Vec<_> = (0..32)
-        .map(|_| {
-            let client = host.client.clone();
-            let url = host.url("/hello");
-            tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
-        })
-        .collect();
+    let burst: Vec<_> = (0..32).map(|_| host.get_in_background("/hello")).collect();
     for call in burst {
-        assert_eq!(call.await.unwrap(), 200);
+        assert_eq!(call.await.unwrap().0, 200);
     }
     assert_eq!(
         metric(&host, "edgeinfer_cold_starts_total", hello).await,
@@ -387,14 +377,7 @@ async fn hot_reload_under_load_drops_no_call() {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let workers = hammer(&host, "/hello", 4, stop);
     // A call in flight across the swaps finishes on the app it started on.
-    let slow = {
-        let client = host.client.clone();
-        let url = host.url("/probe/sleep?ms=1500");
-        tokio::spawn(async move {
-            let r = client.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        })
-    };
+    let slow = host.get_in_background("/probe/sleep?ms=1500");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // 1. The manifest changes: picked up by the watcher.
@@ -499,11 +482,7 @@ async fn an_exhausted_instance_pool_is_503_with_retry_after() {
         .start()
         .await;
     let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let client = host.client.clone();
-            let url = host.url("/probe/sleep?ms=4000");
-            tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
-        })
+        .map(|_| host.get_in_background("/probe/sleep?ms=4000"))
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     std::fs::write(
@@ -519,7 +498,7 @@ async fn an_exhausted_instance_pool_is_503_with_retry_after() {
     assert_eq!(status, 503, "{msg}");
     assert!(msg.contains("instance slots"), "{msg}");
     for s in slow {
-        assert_eq!(s.await.unwrap(), 200);
+        assert_eq!(s.await.unwrap().0, 200);
     }
     assert_eq!(probe_rejected(&host, "pool_exhausted").await, 1.0);
     // Slots free again: served.

@@ -208,6 +208,16 @@ impl Host {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// `GET path` on its own task, so that the test can act while it is in
+    /// flight: its status and body.
+    pub fn get_in_background(&self, path: &str) -> tokio::task::JoinHandle<(u16, String)> {
+        let request = self.client.get(self.url(path));
+        tokio::spawn(async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    }
+
     /// `GET path`, its body as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.get(path).await.json().await.unwrap()

@@ -5,13 +5,11 @@
 //! stream and the response's; on a first-generation Zen that was 53 µs of a
 //! warm digits call and ~90 µs of a ppocr-cls one (tests/bench/RESULTS.md).
 
-use std::io::Write as _;
-
 use spin_sdk::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use wasip2::http::types::{
     Fields, IncomingRequest, Method as P2Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
-use wasip2::io::streams::StreamError;
+use wasip2::io::streams::{OutputStream, StreamError};
 
 use crate::KitError;
 use crate::engine::{Engine, LazyEngine};
@@ -105,7 +103,8 @@ const MIN_READ: u64 = 64 << 10;
 /// The most a `Content-Length` may ask for in one read.
 const MAX_READ: u64 = 64 << 20;
 
-/// Reads the body whole, to the stream's end. A host that streams the body
+/// Reads the body whole: its declared length, or else to the stream's end.
+/// A host that streams the body
 /// fails the read if the client leaves early; a body that still ends short
 /// of its `Content-Length` is refused here too, so that no host's framing
 /// can pass a cut tensor to the model.
@@ -118,9 +117,10 @@ fn read_all(request: &IncomingRequest, declared: Option<usize>) -> Result<Vec<u8
         .stream()
         .map_err(|()| KitError::internal("the request body's stream was already taken"))?;
     let mut whole = Vec::new();
-    loop {
-        // One byte over what is left of the declared length, so that the
-        // read after the last byte finds the end.
+    // A body of its declared length is whole: no read to find the end.
+    while declared != Some(whole.len()) {
+        // One byte over what is left of the declared length, so that a read
+        // finds the end if the body is shorter.
         let left = declared.map_or(0, |n| n.saturating_sub(whole.len())) as u64;
         match stream.blocking_read((left + 1).clamp(MIN_READ, MAX_READ)) {
             // Usually the whole body in one chunk: take it without a copy.
@@ -157,10 +157,31 @@ fn send(out: ResponseOutparam, reply: Reply) {
     };
     ResponseOutparam::set(out, Ok(response));
     // If the client has gone, there is no one to tell.
-    if let Ok(mut stream) = outgoing.write() {
-        let _ = stream
-            .write_all(&body)
-            .and_then(|()| std::io::Write::flush(&mut stream));
+    if let Ok(stream) = outgoing.write() {
+        let _ = write_all(&stream, &body);
     }
     let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// The most `blocking-write-and-flush` takes, per wasi:io.
+const ONE_CALL: usize = 4096;
+
+/// Writes `body` in as few host calls as wasi:io allows: one for a small
+/// body (every kit answer but a large tensor's), else writes of what
+/// `check-write` grants and a flush.
+fn write_all(stream: &OutputStream, mut body: &[u8]) -> Result<(), StreamError> {
+    if body.len() <= ONE_CALL {
+        return stream.blocking_write_and_flush(body);
+    }
+    while !body.is_empty() {
+        let granted = stream.check_write()?;
+        if granted == 0 {
+            stream.subscribe().block();
+            continue;
+        }
+        let n = usize::try_from(granted).map_or(body.len(), |g| g.min(body.len()));
+        stream.write(&body[..n])?;
+        body = &body[n..];
+    }
+    stream.blocking_flush()
 }

@@ -104,10 +104,9 @@ const MIN_READ: u64 = 64 << 10;
 const MAX_READ: u64 = 64 << 20;
 
 /// Reads the body whole: its declared length, or else to the stream's end.
-/// A host that streams the body
-/// fails the read if the client leaves early; a body that still ends short
-/// of its `Content-Length` is refused here too, so that no host's framing
-/// can pass a cut tensor to the model.
+/// A host that streams the body fails the read if the client leaves early;
+/// a body that still ends short of its `Content-Length` is refused here too,
+/// so that no host's framing can pass a cut tensor to the model.
 fn read_all(request: &IncomingRequest, declared: Option<usize>) -> Result<Vec<u8>, KitError> {
     let failed = |e: String| KitError::bad_request(format!("reading the body: {e}"));
     let body = request

@@ -118,8 +118,9 @@ fn read_all(request: &IncomingRequest, declared: Option<usize>) -> Result<Vec<u8
     let mut whole = Vec::new();
     // A body of its declared length is whole: no read to find the end.
     while declared != Some(whole.len()) {
-        // One byte over what is left of the declared length, so that a read
-        // finds the end if the body is shorter.
+        // One byte over what is left of the declared length, so that a body
+        // longer than it declares shows (and fails the check below) rather
+        // than being cut to its length.
         let left = declared.map_or(0, |n| n.saturating_sub(whole.len())) as u64;
         match stream.blocking_read((left + 1).clamp(MIN_READ, MAX_READ)) {
             // Usually the whole body in one chunk: take it without a copy.

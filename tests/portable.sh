@@ -8,7 +8,9 @@
 # answers; see README.)
 #
 # Usage: tests/portable.sh
-# Env:   EDGEINFER_BIN (default: target/debug/edgeinfer, built if not given).
+# Env:   EDGEINFER_BIN (default: target/debug/edgeinfer, built if not given),
+#        WASMTIME (default: target/debug/wasmtime, tests/wasmtime-serve,
+#        built with the test suite's features if not given).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,7 +19,7 @@ BENCH=portable
 
 rustup target add wasm32-wasip2 >&2
 need_load_tools
-need_wasmtime
+need_wasmtime debug
 if [[ -z "${EDGEINFER_BIN:-}" ]]; then
   cargo build -p edgeinfer >&2
   EDGEINFER_BIN=$PWD/target/debug/edgeinfer
@@ -82,7 +84,7 @@ for component in digits filetype embed; do
   source=$(awk -v c="[component.$component]" '$0 == c { f = 1; next }
              f && /^source *=/ { gsub(/"/, "", $3); print $3; exit }' spin.toml)
   start_server "$tmp/wasmtime.log" "${metadata[$component]}" \
-    wasmtime serve -Scli --addr 127.0.0.1:0 "$source"
+    "$WASMTIME" serve -Scli --addr 127.0.0.1:0 "$source"
   for i in "${!of[@]}"; do
     [[ ${of[$i]} == "$component" ]] || continue
     ask "$url" "$i" "$tmp/wasmtime.$i"

@@ -5,7 +5,8 @@
 #
 # Usage: tests/bench/http.sh [--json]
 # Env:   DURATION (s per wrk run, default 10), ROUNDS (default 2),
-#        EDGEINFER_BIN (default target/release/edgeinfer).
+#        EDGEINFER_BIN (default target/release/edgeinfer),
+#        WASMTIME (default target/release/wasmtime, tests/wasmtime-serve).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -43,7 +44,7 @@ run_edgeinfer() {
 # wasmtime 48's serve has WASIp3 (hello's wasi:http/handler@0.3.0) on by
 # default; -Scli adds the wasi:cli@0.2 imports spin-sdk links in. Port 0: the
 # kernel picks one and serve prints it.
-wasmtime_serve() { exec wasmtime serve -Scli --addr 127.0.0.1:0 "$@" "$wasm"; }
+wasmtime_serve() { exec "$WASMTIME" serve -Scli --addr 127.0.0.1:0 "$@" "$wasm"; }
 run_wasmtime-reuse() { wasmtime_serve; }   # p3 default: 128 requests, 16 at once
 run_wasmtime-fresh() { wasmtime_serve --max-instance-reuse-count 1; }
 declare -A ready=([edgeinfer]=/v2/health/ready [wasmtime-reuse]=/ [wasmtime-fresh]=/)
@@ -69,7 +70,7 @@ m_e=$(median "$results" edgeinfer 3); m_r=$(median "$results" wasmtime-reuse 3);
 if ((json)); then
   awk -v d="$DURATION" -v r="$ROUNDS" -v me="$m_e" -v mr="$m_r" -v mf="$m_f" \
       -v qr="$(ratio "$m_e" "$m_r")" -v qf="$(ratio "$m_e" "$m_f")" \
-      -v wt="$(wasmtime --version)" -v wrkv="$(wrk -v 2>&1 | head -1 | awk '{print $2}')" '
+      -v wt="$(wasmtime_version)" -v wrkv="$(wrk -v 2>&1 | head -1 | awk '{print $2}')" '
     { runs = runs (NR > 1 ? "," : "") sprintf("{\"server\":\"%s\",\"round\":%d,\"rps\":%d,\"p50_ms\":%s,\"p99_ms\":%s,\"errors\":%d}", $1, $2, $3, $4, $5, $6) }
     END { printf "{\"benchmark\":\"http-hello\",\"duration_s\":%d,\"rounds\":%d,\"threads\":2,\"connections\":32,", d, r
           printf "\"wasmtime\":\"%s\",\"wrk\":\"%s\",\"runs\":[%s],", wt, wrkv, runs

@@ -11,18 +11,26 @@ need_load_tools() {
   done
 }
 
-# `wasmtime` 48, the host edgeinfer is compared with: wasmtime-cli at the
-# version of our wasmtime dependency, installed by cargo if it is not there.
-# Only what `run` and `serve` need: the same runtime, Cranelift, pooling
-# allocator and WASIp3 as the default build, without winch, pulley, GC,
-# wasi-nn, wasi-tls, wast and the explorer, which CI would build for nothing.
+# `wasmtime serve` 48, the host edgeinfer is compared with: wasmtime-cli's
+# own serve command, built in this workspace (tests/wasmtime-serve), so that
+# it never has to be installed. Sets WASMTIME unless it is given.
+# - `need_wasmtime debug` (the tests): built with the test suite's features,
+#   so that it reuses the build of wasmtime the tests made;
+# - `need_wasmtime` (benchmarks): release, with only its own features, as
+#   `cargo install wasmtime-cli` would build it.
 need_wasmtime() {
-  export PATH="$HOME/.cargo/bin:$PATH" # where `cargo install` puts it
-  if ! wasmtime --version 2>/dev/null | grep -q '^wasmtime 48\.'; then
-    cargo install wasmtime-cli --version 48.0.8 --locked --no-default-features \
-      --features run,serve,cranelift,wat,cache,parallel-compilation,pooling-allocator,component-model,component-model-async,logging,clap/default >&2
+  [[ -n "${WASMTIME:-}" ]] && return
+  if [[ "${1:-release}" == debug ]]; then
+    cargo build --workspace --all-features --tests --bin wasmtime >&2
+    WASMTIME=$PWD/target/debug/wasmtime
+  else
+    cargo build --release -p wasmtime-serve >&2
+    WASMTIME=$PWD/target/release/wasmtime
   fi
 }
+
+# wasmtime-cli's version, for reports.
+wasmtime_version() { cargo pkgid wasmtime-cli | sed 's/.*[#@]/wasmtime-cli /'; }
 
 # Sets EDGEINFER_BIN, building the release host unless it is given.
 need_edgeinfer() {

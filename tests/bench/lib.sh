@@ -14,8 +14,8 @@ need_load_tools() {
 # `wasmtime serve` 48, the host edgeinfer is compared with: wasmtime-cli's
 # own serve command, built in this workspace (tests/wasmtime-serve), so that
 # it never has to be installed. Sets WASMTIME unless it is given.
-# - `need_wasmtime debug` (the tests): built with the test suite's features,
-#   so that it reuses the build of wasmtime the tests made;
+# - `need_wasmtime debug` (the tests): built with tests/run's flags, so that
+#   it reuses the build of wasmtime the tests made (change both together);
 # - `need_wasmtime` (benchmarks): release, with only its own features, as
 #   `cargo install wasmtime-cli` would build it.
 need_wasmtime() {

@@ -178,6 +178,162 @@ async fn one_shared_model_serves_concurrent_instances() {
     }
 }
 
+/// `oip-nn` components that load their model from the bytes of a file among
+/// their own files (`EDGEINFER_MODEL_FILE`, wasi:nn `load`), as components
+/// written for wasmtime's wasi-nn do: no `[nn.models]`. Each is given
+/// `model` (name, the model file's bytes) under `/model/model.onnx`.
+fn from_bytes_app(models: &[(&str, Vec<u8>)], nn_settings: &str) -> App {
+    let mut spin = String::new();
+    for (name, _) in models {
+        spin.push_str(&format!(
+            r#"
+[[trigger.http]]
+route = "/v2/models/{name}/..."
+component = "{name}"
+
+[component.{name}]
+source = "{}"
+files = [{{ source = "{name}", destination = "/model" }}]
+environment = {{ EDGEINFER_MODEL_NAME = "{name}", EDGEINFER_MODEL_FILE = "/model/model.onnx" }}
+"#,
+            artifacts::OIP_NN
+        ));
+    }
+    let mut app = App::new(manifest(&spin)).runtime_config(format!("[nn]\n{nn_settings}"));
+    for (name, bytes) in models {
+        app = app.file(&format!("{name}/model.onnx"), bytes.clone());
+    }
+    app
+}
+
+fn model_bytes(dir: &str) -> Vec<u8> {
+    std::fs::read(repo().join("models").join(dir).join("model.onnx")).unwrap()
+}
+
+/// How many times the host parsed the model of these bytes.
+async fn loads_from_bytes(host: &Host, bytes: &[u8]) -> f64 {
+    use sha2::Digest as _;
+    let model = format!(
+        "model=\"sha256:{}\"",
+        hex::encode(sha2::Sha256::digest(bytes))
+    );
+    metric(host, "edgeinfer_nn_model_loads_total", &model).await
+}
+
+/// Fresh instances that all load the same bytes at once share one parse,
+/// and the host keeps at most `max_models_from_bytes` such models: one
+/// dropped to make room is parsed again on its next load.
+#[tokio::test]
+async fn a_model_loaded_from_bytes_is_parsed_once_while_kept() {
+    let (digits, ppocr) = (model_bytes("digits"), model_bytes("extra/ppocr-cls"));
+    let host = from_bytes_app(
+        &[("digits", digits.clone()), ("ppocr", ppocr.clone())],
+        "max_models_from_bytes = 1\n",
+    )
+    .start()
+    .await;
+    let digits_cases = read_json("models/digits/reference.json");
+    let calls = (0..16).map(|i| infer_matches_reference(&host, "digits", &digits_cases[i % 4]));
+    futures::future::join_all(calls).await;
+    assert_eq!(
+        loads_from_bytes(&host, &digits).await,
+        1.0,
+        "16 instances loading the same bytes at once, one parse"
+    );
+
+    // ppocr-cls takes the one place, with its input shape left to tract.
+    let ppocr_cases = read_json("models/extra/ppocr-cls/reference.json");
+    infer_matches_reference(&host, "ppocr", &ppocr_cases[0]).await;
+    binary_infer_matches_reference(&host, "ppocr", &ppocr_cases[1], Framing::Length).await;
+    assert_eq!(loads_from_bytes(&host, &ppocr).await, 1.0);
+    infer_matches_reference(&host, "digits", &digits_cases[0]).await;
+    assert_eq!(
+        loads_from_bytes(&host, &digits).await,
+        2.0,
+        "digits was dropped for ppocr-cls, and parsed again"
+    );
+    assert_eq!(loads_from_bytes(&host, &ppocr).await, 1.0);
+
+    // Every call metered, with its model's digest and the host's compute.
+    let events = host.events();
+    assert_eq!(events.len(), 19);
+    let hex = |b: &[u8]| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b))
+    };
+    for e in &events {
+        let want = if e["component"] == "digits" {
+            hex(&digits)
+        } else {
+            hex(&ppocr)
+        };
+        assert_eq!(e["model_digest"], want, "{e}");
+        assert!(e["nn_compute_us"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(e["nn_backend"], "tract", "{e}");
+    }
+    let meta: Value = host.get_json("/v2/models/digits").await;
+    assert_eq!(meta["backend"]["file"], "/model/model.onnx", "{meta}");
+}
+
+/// A model file that is not a model, or that is missing, is the function's
+/// fault: a 500 that says which file and why. The host keeps serving the
+/// others, and the ledger has every call.
+#[tokio::test]
+async fn a_model_file_that_does_not_load_is_a_clear_500() {
+    let digits = model_bytes("digits");
+    let mut app = from_bytes_app(
+        &[
+            ("truncated", digits[..digits.len() / 2].to_vec()),
+            ("text", b"not an ONNX model\n".to_vec()),
+            ("missing", digits.clone()),
+            ("digits", digits),
+        ],
+        "",
+    );
+    app.manifest = app.manifest.replace(
+        "\"missing\", EDGEINFER_MODEL_FILE = \"/model/model.onnx\"",
+        "\"missing\", EDGEINFER_MODEL_FILE = \"/model/gone.onnx\"",
+    );
+    let host = app.start().await;
+    let infer = |model: &str| {
+        let url = host.url(&format!("/v2/models/{model}/infer"));
+        let client = host.client.clone();
+        async move {
+            let pixels = json!({"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": vec![1; 64]});
+            let resp = client.post(url).json(&json!({ "inputs": [pixels] }));
+            guest_error(resp.send().await.unwrap()).await
+        }
+    };
+    // Twice each: the second load of the same bad bytes answers the same.
+    for _ in 0..2 {
+        for model in ["truncated", "text"] {
+            let (status, msg) = infer(model).await;
+            assert_eq!(status, 500, "{model}: {msg}");
+            assert!(
+                msg.contains("model /model/model.onnx did not load")
+                    && msg.contains("not a model tract can load"),
+                "{model}: {msg}"
+            );
+        }
+        let (status, msg) = infer("missing").await;
+        assert_eq!(status, 500, "{msg}");
+        assert!(msg.contains("reading model /model/gone.onnx"), "{msg}");
+    }
+    // And the good one still serves, next to them.
+    infer_matches_reference(
+        &host,
+        "digits",
+        &read_json("models/digits/reference.json")[0],
+    )
+    .await;
+    let events = host.events();
+    assert_eq!(events.len(), 7, "every call has its record");
+    for e in &events {
+        let want = if e["component"] == "digits" { 200 } else { 500 };
+        assert_eq!(e["status"], want, "{e}");
+    }
+}
+
 /// A function's JSON error: (status, message).
 async fn guest_error(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();

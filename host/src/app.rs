@@ -305,7 +305,11 @@ impl App {
             prepared.push((id, limits, caps, model, model_file, source));
         }
         // Loaded once here, shared by every instance.
-        let nn = Arc::new(crate::nn::load_models(&nn_models, &plan.manifest.dir)?);
+        let nn = Arc::new(crate::nn::load_models(
+            &nn_models,
+            &plan.manifest.dir,
+            plan.runtime.nn.max_models_from_bytes,
+        )?);
         let mut components = BTreeMap::new();
         for (id, limits, mut caps, model, model_file, source) in prepared {
             let scaling = plan.runtime.scaling(id);

@@ -306,6 +306,7 @@ async fn run(opts: &BenchOptions) -> Result<()> {
             max_memory_bytes: 4 << 30,
             nn: Arc::new(crate::nn::Registry::new(
                 [(NAME.to_string(), Arc::new(model))].into(),
+                0,
             )),
         };
         ready(opts, caps, &nn_component)

@@ -27,12 +27,31 @@ pub struct RuntimeConfig {
     default_concurrency: u32,
 }
 
-/// `[nn]`: models the host owns, for `wasi:nn`'s `load-by-name`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[nn]`: models the host owns, for `wasi:nn`'s `load-by-name`, and how
+/// many of those that guests load from bytes (`load`) stay loaded.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NnSettings {
     #[serde(default)]
     pub models: BTreeMap<String, crate::nn::NnModelConfig>,
+    /// Models loaded from bytes are kept by sha256 for the next `load` of
+    /// the same bytes, up to this many; the least recently loaded goes
+    /// first. 0 parses the bytes on every `load`.
+    #[serde(default = "default_models_from_bytes")]
+    pub max_models_from_bytes: usize,
+}
+
+impl Default for NnSettings {
+    fn default() -> Self {
+        Self {
+            models: BTreeMap::new(),
+            max_models_from_bytes: default_models_from_bytes(),
+        }
+    }
+}
+
+fn default_models_from_bytes() -> usize {
+    8
 }
 
 /// `[metering]`: what the host records per call.

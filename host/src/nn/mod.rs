@@ -4,9 +4,12 @@
 //! Models are the host's: declared under `[nn.models.NAME]` in
 //! edgeinfer.toml, loaded once when the app loads, and shared by every
 //! instance of every component (`load-by-name`). `load` with bytes is cached
-//! by sha256. `compute` never runs on the HTTP runtime's threads: called
-//! from an instance, it runs on that instance's core (see `crate::cores`);
-//! from elsewhere, on the blocking pool, at most one per core at a time.
+//! by sha256 (see `BytesCache`) and parsed off the instance's core, once
+//! however many instances load the same bytes at once.
+//!
+//! `compute` never runs on the HTTP runtime's threads: called from an
+//! instance, it runs on that instance's core (see `crate::cores`); from
+//! elsewhere, on the blocking pool, at most one per core at a time.
 //! Batched models run on their batcher's threads (until it finds that
 //! batching does not pay for the model). A compute's time is counted for
 //! the meter. Bad shapes and types come back to the guest as
@@ -46,6 +49,7 @@ mod bindings {
             "wasi:nn/errors.error": super::NnError,
         },
         imports: {
+            "wasi:nn/graph.load": async | trappable,
             "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
             default: trappable,
         },
@@ -140,7 +144,7 @@ impl NnError {
 /// bytes by sha256. One per app; shared by all its instances.
 pub struct Registry {
     named: HashMap<String, Arc<Model>>,
-    by_digest: Mutex<HashMap<[u8; 32], Arc<Model>>>,
+    by_digest: Mutex<BytesCache>,
     /// At most one `compute` per core at a time.
     compute_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -154,21 +158,72 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub fn new(named: HashMap<String, Arc<Model>>) -> Self {
+    /// `named` for `load-by-name`; up to `max_from_bytes` models loaded from
+    /// bytes stay loaded.
+    pub fn new(named: HashMap<String, Arc<Model>>, max_from_bytes: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             named,
-            by_digest: Mutex::new(HashMap::new()),
+            by_digest: Mutex::new(BytesCache::new(max_from_bytes)),
             compute_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
         }
     }
 
     pub fn empty() -> Self {
-        Self::new(HashMap::new())
+        Self::new(HashMap::new(), 0)
     }
 
     pub fn model_names(&self) -> impl Iterator<Item = &String> {
         self.named.keys()
+    }
+}
+
+/// A model loaded from bytes, or why those bytes are not one.
+type Loaded = Result<Arc<Model>, String>;
+
+/// The models guests loaded from bytes, by sha256, most recently loaded
+/// kept. Each entry is set once: the first `load` of some bytes parses
+/// them, and a `load` of the same bytes meanwhile waits for it. A model
+/// dropped from here lives on in the graphs that still hold it.
+struct BytesCache {
+    capacity: usize,
+    /// Each entry with the tick of its last `load`.
+    entries: HashMap<[u8; 32], (Arc<tokio::sync::OnceCell<Loaded>>, u64)>,
+    tick: u64,
+}
+
+impl BytesCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// The entry for `digest`, made (and the least recently loaded one
+    /// dropped, if full) if there is none.
+    fn entry(&mut self, digest: [u8; 32]) -> Arc<tokio::sync::OnceCell<Loaded>> {
+        self.tick += 1;
+        if let Some((cell, last)) = self.entries.get_mut(&digest) {
+            *last = self.tick;
+            return cell.clone();
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        if self.capacity == 0 {
+            return cell;
+        }
+        if self.entries.len() >= self.capacity
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(digest, _)| *digest)
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(digest, (cell.clone(), self.tick));
+        cell
     }
 }
 
@@ -222,7 +277,7 @@ impl NnView<'_> {
 }
 
 impl bindings::wasi::nn::graph::Host for NnView<'_> {
-    fn load(
+    async fn load(
         &mut self,
         builders: Vec<Vec<u8>>,
         encoding: GraphEncoding,
@@ -243,45 +298,32 @@ impl bindings::wasi::nn::graph::Host for NnView<'_> {
                 ),
             });
         }
-        let [bytes] = builders.as_slice() else {
+        let count = builders.len();
+        let Ok::<[Vec<u8>; 1], _>([bytes]) = builders.try_into() else {
             return self.fail(NnError::invalid(format!(
-                "an ONNX model is one buffer, got {}",
-                builders.len()
+                "an ONNX model is one buffer, got {count}"
             )));
         };
-        let digest: [u8; 32] = Sha256::digest(bytes).into();
-        let cached = self
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let cell = self
             .ctx
             .registry
             .by_digest
             .lock()
             .expect("nn cache lock")
-            .get(&digest)
-            .cloned();
-        let model = match cached {
-            Some(m) => m,
-            None => match crate::cores::run_native(|| TractBackend::from_onnx(bytes, &[])) {
-                Ok(backend) => {
-                    let model = Arc::new(Model {
-                        name: format!("sha256:{}", hex::encode(digest)),
-                        backend: Arc::new(backend),
-                        target: Target::Cpu,
-                        batcher: None,
-                    });
-                    crate::metrics::global().nn_model_loaded(&model.name);
-                    self.ctx
-                        .registry
-                        .by_digest
-                        .lock()
-                        .expect("nn cache lock")
-                        .entry(digest)
-                        .or_insert(model)
-                        .clone()
-                }
-                Err(e) => return self.fail(NnError::invalid(format!("{e:#}"))),
-            },
-        };
-        Ok(Ok(self.table.push(Graph(model))?))
+            .entry(digest);
+        let slots = self.ctx.registry.compute_slots.clone();
+        let loaded = cell
+            .get_or_init(|| load_from_bytes(bytes, digest, slots))
+            .await
+            .clone();
+        match loaded {
+            Ok(model) => Ok(Ok(self.table.push(Graph(model))?)),
+            Err(message) => self.fail(NnError {
+                code: ErrorCode::InvalidEncoding,
+                message,
+            }),
+        }
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
@@ -413,10 +455,42 @@ impl bindings::wasi::nn::errors::Host for NnView<'_> {}
 impl bindings::wasi::nn::tensor::Host for NnView<'_> {}
 impl bindings::wasi::nn::inference::Host for NnView<'_> {}
 
-/// Loads every `[nn.models.NAME]`, each once. An error names the model and why.
+/// Parses a model a guest loaded from bytes: on the blocking pool, since a
+/// large model takes long enough to hold up the other instances of a core,
+/// and in a compute slot, so that guests loading many models at once do
+/// not take more than the cores.
+async fn load_from_bytes(
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    slots: Arc<tokio::sync::Semaphore>,
+) -> Loaded {
+    let _slot = slots
+        .acquire_owned()
+        .await
+        .map_err(|_| "the compute pool is closed".to_string())?;
+    let parsed = tokio::task::spawn_blocking(move || TractBackend::from_onnx(&bytes, &[])).await;
+    let backend = match parsed {
+        Ok(Ok(backend)) => backend,
+        Ok(Err(e)) => return Err(format!("the bytes are not a model tract can load: {e:#}")),
+        // tract panicked on them: the host carries on without the model.
+        Err(e) => return Err(format!("loading the model failed: {e}")),
+    };
+    let model = Model {
+        name: format!("sha256:{}", hex::encode(digest)),
+        backend: Arc::new(backend),
+        target: Target::Cpu,
+        batcher: None,
+    };
+    crate::metrics::global().nn_model_loaded(&model.name);
+    Ok(Arc::new(model))
+}
+
+/// Loads every `[nn.models.NAME]`, each once. An error names the model and
+/// why. Up to `max_from_bytes` models that guests load from bytes are kept.
 pub fn load_models(
     models: &std::collections::BTreeMap<String, NnModelConfig>,
     base_dir: &std::path::Path,
+    max_from_bytes: usize,
 ) -> Result<Registry> {
     let mut named = HashMap::new();
     for (name, cfg) in models {
@@ -426,5 +500,32 @@ pub fn load_models(
         crate::metrics::global().nn_model_loaded(name);
         named.insert(name.clone(), Arc::new(model));
     }
-    Ok(Registry::new(named))
+    Ok(Registry::new(named, max_from_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bytes_cache_keeps_the_most_recently_loaded() {
+        let mut cache = BytesCache::new(2);
+        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+        let first_a = cache.entry(a);
+        cache.entry(b);
+        // A load of `a` again is the same entry, and makes `b` the oldest.
+        assert!(Arc::ptr_eq(&first_a, &cache.entry(a)));
+        cache.entry(c);
+        assert_eq!(cache.entries.len(), 2);
+        assert!(cache.entries.contains_key(&a) && cache.entries.contains_key(&c));
+        assert!(Arc::ptr_eq(&first_a, &cache.entry(a)));
+    }
+
+    #[test]
+    fn a_bytes_cache_of_none_keeps_nothing() {
+        let mut cache = BytesCache::new(0);
+        let (first, second) = (cache.entry([1; 32]), cache.entry([1; 32]));
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(cache.entries.is_empty());
+    }
 }

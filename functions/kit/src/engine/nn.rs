@@ -1,7 +1,10 @@
 //! The `wasi:nn` engine: the host owns and runs the model (loaded once,
 //! shared by every instance, natively); the function only converts tensors.
 //! The graph is found by name (`load-by-name`), as edgeinfer.toml's
-//! `[nn.models.NAME]` declares it. wasi:nn has no way to ask a graph for its
+//! `[nn.models.NAME]` declares it, or loaded from an ONNX file among the
+//! function's files (`load`, as components written for wasmtime's wasi-nn
+//! do; the host keeps what it parsed, by sha256, for the next instance).
+//! wasi:nn has no way to ask a graph for its
 //! inputs and outputs, so this engine declares none and the host checks
 //! every call against the model; its errors come back as 400s.
 
@@ -18,18 +21,56 @@ mod bindings {
 }
 
 use bindings::wasi::nn::errors::{Error as NnError, ErrorCode};
-use bindings::wasi::nn::graph;
+use bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use bindings::wasi::nn::tensor::{Tensor as NnTensor, TensorType};
 
-/// A model the host runs, by its name in the host's config.
+/// A model the host runs.
 pub struct NnEngine {
-    graph: String,
+    graph: Graph,
+}
+
+enum Graph {
+    /// Its name in the host's config.
+    Named(String),
+    /// An ONNX file the function can read.
+    File(String),
 }
 
 impl NnEngine {
     pub fn by_name(graph: impl Into<String>) -> Self {
         Self {
-            graph: graph.into(),
+            graph: Graph::Named(graph.into()),
+        }
+    }
+
+    /// The model in the ONNX file at `path`, loaded from its bytes on every
+    /// call (the host parses the same bytes only once).
+    pub fn from_file(path: impl Into<String>) -> Self {
+        Self {
+            graph: Graph::File(path.into()),
+        }
+    }
+
+    fn load(&self) -> Result<graph::Graph, KitError> {
+        match &self.graph {
+            Graph::Named(name) => {
+                graph::load_by_name(name).map_err(|e| kit_error(&format!("model '{name}'"), e))
+            }
+            // The file is the function's own, not the caller's: whatever is
+            // wrong with it is a 500.
+            Graph::File(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| KitError::internal(format!("reading model {path}: {e}")))?;
+                graph::load(&[bytes], GraphEncoding::Onnx, ExecutionTarget::Cpu).map_err(|e| {
+                    KitError::internal(format!("model {path} did not load: {}", e.data()))
+                })
+            }
+        }
+    }
+
+    fn label(&self) -> &str {
+        match &self.graph {
+            Graph::Named(name) | Graph::File(name) => name,
         }
     }
 }
@@ -102,8 +143,7 @@ impl Engine for NnEngine {
     }
 
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, KitError> {
-        let graph = graph::load_by_name(&self.graph)
-            .map_err(|e| kit_error(&format!("model '{}'", self.graph), e))?;
+        let graph = self.load()?;
         let context = graph
             .init_execution_context()
             .map_err(|e| kit_error("init-execution-context", e))?;
@@ -113,7 +153,7 @@ impl Engine for NnEngine {
             .collect::<Result<Vec<_>, KitError>>()?;
         let outputs = context
             .compute(named)
-            .map_err(|e| kit_error(&format!("model '{}'", self.graph), e))?;
+            .map_err(|e| kit_error(&format!("model '{}'", self.label()), e))?;
         outputs
             .into_iter()
             .map(|(name, t)| from_nn(name, &t))
@@ -121,6 +161,9 @@ impl Engine for NnEngine {
     }
 
     fn backend(&self) -> serde_json::Value {
-        serde_json::json!({ "name": "wasi-nn", "graph": self.graph })
+        match &self.graph {
+            Graph::Named(name) => serde_json::json!({ "name": "wasi-nn", "graph": name }),
+            Graph::File(path) => serde_json::json!({ "name": "wasi-nn", "file": path }),
+        }
     }
 }

@@ -56,6 +56,7 @@ fn bench_reports_every_way_and_cleans_up() {
         "wasi_nn_us",
         "wasi_nn_compute_us",
         "wasi_nn_cold_us",
+        "wasi_nn_bytes_us",
         "backend_us",
     ] {
         let p50 = report[way]["p50"].as_f64().unwrap_or(f64::NAN);
@@ -90,6 +91,7 @@ fn bench_times_only_the_ways_asked_for() {
         "wasm_us",
         "cold_us",
         "wasi_nn_cold_us",
+        "wasi_nn_bytes_us",
         "cold_over_warm_us",
         "wasi_nn_cold_over_warm_us",
     ] {

@@ -13,6 +13,10 @@
 //!   `wasi_nn` less this is what the call costs around the model (the
 //!   guest's decoding and encoding, and moving the tensors in and out);
 //! - `wasi_nn_cold`: the same request to `oip-nn`, each to a fresh instance;
+//! - `wasi_nn_bytes`: the same request to `oip-nn`, one warm instance, with
+//!   the model loaded from its file's bytes on every call (wasi:nn `load`:
+//!   the guest reads the file, the host hashes the bytes and finds the
+//!   model it parsed the first time, on tract whatever `--backend` says);
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
 //!
@@ -96,6 +100,7 @@ pub enum Way {
     Cold,
     WasiNn,
     WasiNnCold,
+    WasiNnBytes,
     Backend,
 }
 
@@ -254,7 +259,10 @@ async fn run(opts: &BenchOptions) -> Result<()> {
     };
 
     // wasi:nn: the host runs the model; the function only converts tensors.
-    let times_nn = opts.times(Way::WasiNn) || opts.times(Way::WasiNnCold) || opts.concurrency > 1;
+    let times_nn = opts.times(Way::WasiNn)
+        || opts.times(Way::WasiNnCold)
+        || opts.times(Way::WasiNnBytes)
+        || opts.concurrency > 1;
     let nn_component = opts.component.with_file_name("oip_nn.wasm");
     if times_nn && !nn_component.exists() {
         bail!(
@@ -292,30 +300,54 @@ async fn run(opts: &BenchOptions) -> Result<()> {
     if uses_backend {
         direct_once()?;
     }
-    let nn_runnable = |max_batch: usize| -> Result<Arc<Runnable>> {
+    // With `from_bytes`, the function loads the model from the bytes of its
+    // file, mounted at `/model`, instead of by name.
+    let nn_runnable = |max_batch: usize, from_bytes: bool| -> Result<Arc<Runnable>> {
         let config = crate::nn::NnModelConfig {
             max_batch_size: max_batch as u32,
             ..config.clone()
         };
         let model = config.with_backend(NAME, backend.clone())?;
+        let mut environment = vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())];
+        let mut mounts = Vec::new();
+        if from_bytes {
+            let (dir, file) = (opts.model.parent(), opts.model.file_name());
+            let (Some(dir), Some(file)) = (dir, file.and_then(|f| f.to_str())) else {
+                bail!("{}: not a file's path", opts.model.display());
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            mounts.push((dir.to_path_buf(), "/model".to_string()));
+            environment.push(("EDGEINFER_MODEL_FILE".into(), format!("/model/{file}")));
+        }
         let caps = Capabilities {
-            environment: vec![("EDGEINFER_MODEL_NAME".into(), NAME.into())],
-            mounts: Vec::new(),
+            environment,
+            mounts,
             variables: Default::default(),
             outbound: OutboundPolicy::new(Vec::new()),
             max_memory_bytes: 4 << 30,
             nn: Arc::new(crate::nn::Registry::new(
                 [(NAME.to_string(), Arc::new(model))].into(),
-                0,
+                1,
             )),
         };
         ready(opts, caps, &nn_component)
     };
     // The function with a fresh instance per call, and one warm instance.
     let nn = if times_nn {
-        let fresh = nn_runnable(1)?;
+        let fresh = nn_runnable(1, false)?;
         let warm = checked_warm(&fresh, post(&body, None), &reference, "through wasi:nn").await?;
         Some((fresh, warm))
+    } else {
+        None
+    };
+    let nn_bytes = if opts.times(Way::WasiNnBytes) {
+        let runnable = nn_runnable(1, true)?;
+        let what = "through wasi:nn, loaded from bytes";
+        Some(checked_warm(&runnable, post(&body, None), &reference, what).await?)
     } else {
         None
     };
@@ -324,7 +356,7 @@ async fn run(opts: &BenchOptions) -> Result<()> {
     // over the run touches them all alike and their ratios hold. Within a
     // block each way runs as a model in steady use does: its first call is
     // not timed, so that none is timed on caches the other ways just filled.
-    let (mut native, mut wasm, mut cold, mut wasi_nn, mut nn_fresh, mut direct) = (
+    let (mut native, mut wasm, mut cold, mut wasi_nn, mut nn_fresh, mut nn_bytes_times) = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -332,6 +364,7 @@ async fn run(opts: &BenchOptions) -> Result<()> {
         Vec::new(),
         Vec::new(),
     );
+    let mut direct = Vec::new();
     let mut done = 0;
     while done < n {
         let block = BLOCK.min(n - done);
@@ -372,6 +405,12 @@ async fn run(opts: &BenchOptions) -> Result<()> {
             })
             .await?;
         }
+        if let Some(warm) = &nn_bytes {
+            timed_block(block, &mut nn_bytes_times, async || {
+                Ok(warm.call(request()).await?.0)
+            })
+            .await?;
+        }
         if opts.times(Way::Backend) {
             timed_block(block, &mut direct, async || direct_once()).await?;
         }
@@ -383,7 +422,7 @@ async fn run(opts: &BenchOptions) -> Result<()> {
     if opts.concurrency > 1 {
         let mut rps = serde_json::Map::new();
         for (label, max_batch) in [("unbatched", 1), ("batched", opts.concurrency)] {
-            let runnable = nn_runnable(max_batch)?;
+            let runnable = nn_runnable(max_batch, false)?;
             // `calls` calls, `concurrency` at a time.
             let drive = async |calls: usize| {
                 let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -428,6 +467,7 @@ async fn run(opts: &BenchOptions) -> Result<()> {
         "wasi_nn_compute_us": Summary::of(compute),
         "wasi_nn_cold_us": Summary::of(nn_fresh),
         "wasi_nn_cold_over_warm_us": nn_cold_over_warm,
+        "wasi_nn_bytes_us": Summary::of(nn_bytes_times),
         "backend": if uses_backend {
             json!({ "name": backend.name(), "threads": opts.threads })
         } else {
@@ -488,6 +528,7 @@ fn print_table(report: &Value) {
         ("wasi-nn", "wasi_nn_us"),
         ("  compute", "wasi_nn_compute_us"),
         ("  cold", "wasi_nn_cold_us"),
+        ("  bytes", "wasi_nn_bytes_us"),
         ("backend", "backend_us"),
     ] {
         let s = &report[key];

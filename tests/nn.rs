@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    App, Framing, Host, artifacts, binary_infer_matches_reference, infer_matches_reference,
-    manifest, read_json, repo,
+    App, Framing, Host, artifacts, binary_infer_matches_reference, component,
+    infer_matches_reference, manifest, read_json, repo,
 };
 use serde_json::{Value, json};
 
@@ -180,23 +180,17 @@ async fn one_shared_model_serves_concurrent_instances() {
 
 /// `oip-nn` components that load their model from the bytes of a file among
 /// their own files (`EDGEINFER_MODEL_FILE`, wasi:nn `load`), as components
-/// written for wasmtime's wasi-nn do: no `[nn.models]`. Each is given
-/// `model` (name, the model file's bytes) under `/model/model.onnx`.
+/// written for wasmtime's wasi-nn do: no `[nn.models]`. Each of `models`
+/// (a name, a model file's bytes) sees its file as `/model/model.onnx`.
 fn from_bytes_app(models: &[(&str, Vec<u8>)], nn_settings: &str) -> App {
     let mut spin = String::new();
     for (name, _) in models {
+        let route = format!("/v2/models/{name}/...");
+        spin.push_str(&component(name, &route, artifacts::OIP_NN));
         spin.push_str(&format!(
-            r#"
-[[trigger.http]]
-route = "/v2/models/{name}/..."
-component = "{name}"
-
-[component.{name}]
-source = "{}"
-files = [{{ source = "{name}", destination = "/model" }}]
-environment = {{ EDGEINFER_MODEL_NAME = "{name}", EDGEINFER_MODEL_FILE = "/model/model.onnx" }}
-"#,
-            artifacts::OIP_NN
+            "files = [{{ source = \"{name}\", destination = \"/model\" }}]\n\
+             environment = {{ EDGEINFER_MODEL_NAME = \"{name}\", \
+             EDGEINFER_MODEL_FILE = \"/model/model.onnx\" }}\n"
         ));
     }
     let mut app = App::new(manifest(&spin)).runtime_config(format!("[nn]\n{nn_settings}"));

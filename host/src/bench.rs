@@ -15,8 +15,8 @@
 //! - `wasi_nn_cold`: the same request to `oip-nn`, each to a fresh instance;
 //! - `wasi_nn_bytes`: the same request to `oip-nn`, one warm instance, with
 //!   the model loaded from its file's bytes on every call (wasi:nn `load`:
-//!   the guest reads the file, the host hashes the bytes and finds the
-//!   model it parsed the first time, on tract whatever `--backend` says);
+//!   the guest reads the file, and the host knows the bytes again and finds
+//!   the model it parsed the first time, on tract whatever `--backend` says);
 //! - `backend`: that backend called directly on the decoded tensors, no
 //!   guest: the figure to hold against the same runtime in Python.
 //!

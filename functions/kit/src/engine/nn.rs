@@ -4,9 +4,9 @@
 //! `[nn.models.NAME]` declares it, or loaded from an ONNX file among the
 //! function's files (`load`, as components written for wasmtime's wasi-nn
 //! do; the host keeps what it parsed, by sha256, for the next instance).
-//! wasi:nn has no way to ask a graph for its
-//! inputs and outputs, so this engine declares none and the host checks
-//! every call against the model; its errors come back as 400s.
+//! wasi:nn has no way to ask a graph for its inputs and outputs, so this
+//! engine declares none and the host checks every call against the model;
+//! its errors come back as 400s.
 
 use super::{Engine, TensorSpec};
 use crate::KitError;

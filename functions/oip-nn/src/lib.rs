@@ -4,9 +4,9 @@
 //! `EDGEINFER_MODEL_FILE`, an ONNX file among the component's files, the
 //! model is loaded from that file's bytes instead, as components written for
 //! wasmtime's wasi-nn load theirs. The component carries no weights, so
-//! there is nothing to bake. It needs
-//! `wasi:nn`, which Spin lacks, so it takes the lighter `wasi:http@0.2` entry
-//! (`kit::p2`) instead of spin-sdk's p3 one.
+//! there is nothing to bake. It needs `wasi:nn`, which Spin lacks, so it
+//! takes the lighter `wasi:http@0.2` entry (`kit::p2`) instead of
+//! spin-sdk's p3 one.
 
 use kit::engine::{LazyEngine, NnEngine};
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};

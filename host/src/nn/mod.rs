@@ -503,11 +503,17 @@ async fn load_from_bytes(
     digest: [u8; 32],
     slots: Arc<tokio::sync::Semaphore>,
 ) -> Loaded {
-    let _slot = slots
+    let slot = slots
         .acquire_owned()
         .await
         .map_err(|_| "the compute pool is closed".to_string())?;
-    let parsed = tokio::task::spawn_blocking(move || TractBackend::from_onnx(&bytes, &[])).await;
+    // The parse holds the slot to its end, even if the guest that asked is
+    // gone (past its deadline): a parse cannot be stopped halfway.
+    let parsed = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        TractBackend::from_onnx(&bytes, &[])
+    })
+    .await;
     let backend = match parsed {
         Ok(Ok(backend)) => backend,
         Ok(Err(e)) => return Err(format!("the bytes are not a model tract can load: {e:#}")),

@@ -204,13 +204,14 @@ fn model_bytes(dir: &str) -> Vec<u8> {
     std::fs::read(repo().join("models").join(dir).join("model.onnx")).unwrap()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// How many times the host parsed the model of these bytes.
 async fn loads_from_bytes(host: &Host, bytes: &[u8]) -> f64 {
-    use sha2::Digest as _;
-    let model = format!(
-        "model=\"sha256:{}\"",
-        hex::encode(sha2::Sha256::digest(bytes))
-    );
+    let model = format!("model=\"sha256:{}\"", sha256_hex(bytes));
     metric(host, "edgeinfer_nn_model_loads_total", &model).await
 }
 
@@ -251,15 +252,11 @@ async fn a_model_loaded_from_bytes_is_parsed_once_while_kept() {
     // Every call metered, with its model's digest and the host's compute.
     let events = host.events();
     assert_eq!(events.len(), 19);
-    let hex = |b: &[u8]| {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(b))
-    };
     for e in &events {
         let want = if e["component"] == "digits" {
-            hex(&digits)
+            sha256_hex(&digits)
         } else {
-            hex(&ppocr)
+            sha256_hex(&ppocr)
         };
         assert_eq!(e["model_digest"], want, "{e}");
         assert!(e["nn_compute_us"].as_u64().unwrap() > 0, "{e}");

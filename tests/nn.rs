@@ -286,15 +286,7 @@ async fn a_model_file_that_does_not_load_is_a_clear_500() {
         "\"missing\", EDGEINFER_MODEL_FILE = \"/model/gone.onnx\"",
     );
     let host = app.start().await;
-    let infer = |model: &str| {
-        let url = host.url(&format!("/v2/models/{model}/infer"));
-        let client = host.client.clone();
-        async move {
-            let pixels = json!({"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": vec![1; 64]});
-            let resp = client.post(url).json(&json!({ "inputs": [pixels] }));
-            guest_error(resp.send().await.unwrap()).await
-        }
-    };
+    let infer = |model| infer_error(&host, model, pixels(64, "FP32"));
     // Twice each: the second load of the same bad bytes answers the same.
     for _ in 0..2 {
         for model in ["truncated", "text"] {
@@ -338,6 +330,23 @@ async fn guest_error(resp: reqwest::Response) -> (u16, String) {
     )
 }
 
+/// Posts one input to `model`'s OIP `infer` and reads the function's error.
+async fn infer_error(host: &Host, model: &str, input: Value) -> (u16, String) {
+    let resp = host
+        .client
+        .post(host.url(&format!("/v2/models/{model}/infer")))
+        .json(&json!({ "inputs": [input] }))
+        .send()
+        .await
+        .unwrap();
+    guest_error(resp).await
+}
+
+/// digits' input, `n` ones of `datatype`.
+fn pixels(n: usize, datatype: &str) -> Value {
+    json!({"name": "pixels", "shape": [1, n], "datatype": datatype, "data": vec![1; n]})
+}
+
 #[tokio::test]
 async fn wrong_shape_type_or_model_is_a_clear_4xx() {
     wrong_input_is_a_clear_4xx("").await;
@@ -366,23 +375,11 @@ environment = {{ EDGEINFER_MODEL_NAME = "nope" }}
         artifacts::OIP_NN
     ));
     let host = app.start().await;
-    let infer = |model: &str, input: Value| {
-        let (host, model) = (&host, model.to_string());
-        async move {
-            host.client
-                .post(host.url(&format!("/v2/models/{model}/infer")))
-                .json(&json!({ "inputs": [input] }))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let pixels = |n: usize, datatype: &str| json!({"name": "pixels", "shape": [1, n], "datatype": datatype, "data": vec![1; n]});
-    let (status, msg) = guest_error(infer("digits", pixels(63, "FP32")).await).await;
+    let (status, msg) = infer_error(&host, "digits", pixels(63, "FP32")).await;
     assert_eq!(status, 400, "{msg}");
-    let (status, msg) = guest_error(infer("digits", pixels(64, "INT64")).await).await;
+    let (status, msg) = infer_error(&host, "digits", pixels(64, "INT64")).await;
     assert_eq!(status, 400, "{msg}");
-    let (status, msg) = guest_error(infer("nope", pixels(64, "FP32")).await).await;
+    let (status, msg) = infer_error(&host, "nope", pixels(64, "FP32")).await;
     assert_eq!(status, 404, "{msg}");
     assert!(msg.contains("no model named `nope`"), "{msg}");
     // And the host still serves.

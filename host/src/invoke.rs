@@ -217,9 +217,13 @@ impl Runnable {
             }
             Ok(Err(e)) => {
                 // The instance is still finishing; its fuel is counted when it is gone.
-                let fuel = run.await.map_or(0, |(_, fuel)| fuel);
+                let (ran, fuel) = run.await.unwrap_or((Ok(()), 0));
                 report(fuel, None, &memory);
-                e
+                // A deadline that passed while the guest waited on the host
+                // drops the instance, and its unset response with it, which
+                // answers `e` ("never invoked `response-outparam::set`"). Why
+                // the instance ended is the better reason.
+                ran.err().unwrap_or(e)
             }
             // The sender was dropped: the instance failed before answering.
             Err(_) => {

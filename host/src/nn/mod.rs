@@ -351,11 +351,23 @@ impl bindings::wasi::nn::graph::Host for NnView<'_> {
         let cache = &self.ctx.registry.by_digest;
         let digest = digest_of(cache, &bytes);
         let cell = cache.lock().expect("nn cache lock").entry(digest, &bytes);
-        let slots = self.ctx.registry.compute_slots.clone();
-        let loaded = cell
-            .get_or_init(|| load_from_bytes(bytes, digest, slots))
-            .await
-            .clone();
+        let loaded = match cell.get() {
+            Some(loaded) => loaded.clone(),
+            None => {
+                // The first load's parse runs in a task of its own, so that a
+                // guest gone past its deadline does not take the parse's
+                // result with it: the model is kept for the next load, instead
+                // of each guest starting a parse that none lives to see.
+                let slots = self.ctx.registry.compute_slots.clone();
+                tokio::spawn(async move {
+                    cell.get_or_init(|| load_from_bytes(bytes, digest, slots))
+                        .await
+                        .clone()
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the model failed: {e}")))
+            }
+        };
         match loaded {
             Ok(model) => Ok(Ok(self.table.push(Graph(model))?)),
             Err(message) => self.fail(NnError {
@@ -507,6 +519,9 @@ async fn load_from_bytes(
         .acquire_owned()
         .await
         .map_err(|_| "the compute pool is closed".to_string())?;
+    let name = format!("sha256:{}", hex::encode(digest));
+    tracing::info!(model = %name, bytes = bytes.len(), "parsing a model loaded from bytes");
+    let started = Instant::now();
     // The parse holds the slot to its end, even if the guest that asked is
     // gone (past its deadline): a parse cannot be stopped halfway.
     let parsed = tokio::task::spawn_blocking(move || {
@@ -514,14 +529,19 @@ async fn load_from_bytes(
         TractBackend::from_onnx(&bytes, &[])
     })
     .await;
-    let backend = match parsed {
-        Ok(Ok(backend)) => backend,
-        Ok(Err(e)) => return Err(format!("the bytes are not a model tract can load: {e:#}")),
+    let parsed = match parsed {
+        Ok(Ok(backend)) => Ok(backend),
+        Ok(Err(e)) => Err(format!("the bytes are not a model tract can load: {e:#}")),
         // tract panicked on them: the host carries on without the model.
-        Err(e) => return Err(format!("loading the model failed: {e}")),
+        Err(e) => Err(format!("loading the model failed: {e}")),
     };
+    let backend = parsed.inspect_err(|error| {
+        tracing::info!(model = %name, %error, "a model loaded from bytes did not load");
+    })?;
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(model = %name, ms, "parsed a model loaded from bytes");
     let model = Model {
-        name: format!("sha256:{}", hex::encode(digest)),
+        name,
         backend: Arc::new(backend),
         target: Target::Cpu,
         batcher: None,

@@ -6,9 +6,10 @@ mod common;
 
 use common::{
     App, Framing, Host, artifacts, binary_infer_matches_reference, component,
-    infer_matches_reference, manifest, read_json, repo,
+    infer_matches_reference, manifest, oip_inputs, read_json, repo,
 };
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 /// (model name, model dir under models/, input shapes to plan at load)
 const MODELS: [(&str, &str, &str); 6] = [
@@ -314,6 +315,95 @@ async fn a_model_file_that_does_not_load_is_a_clear_500() {
     for e in &events {
         let want = if e["component"] == "digits" { 200 } else { 500 };
         assert_eq!(e["status"], want, "{e}");
+    }
+}
+
+/// A guest whose deadline passes while the host parses its model does not
+/// take the parse with it: the parse runs to its end and the model is kept,
+/// so the next guest to load those bytes finds it instead of parsing again.
+/// (Before, each such guest began a parse and none lived to keep it, so a
+/// model that parses for longer than the deadline never loaded.)
+#[tokio::test]
+async fn a_load_cut_off_by_its_deadline_still_keeps_its_model() {
+    let ppocr = model_bytes("extra/ppocr-cls");
+    let case = &read_json("models/extra/ppocr-cls/reference.json")[0];
+    // Where the parse falls in a call depends on the machine, so the hasty
+    // component's deadline grows, one fresh host each, until it passes
+    // while the parse is under way: after the log's "parsing" line and
+    // before its "loaded" one.
+    let mut timeout_ms = 10;
+    let host = loop {
+        let settings = format!("[component.hasty]\ntimeout_ms = {timeout_ms}\n");
+        let host = from_bytes_app(
+            &[("hasty", ppocr.clone()), ("patient", ppocr.clone())],
+            &settings,
+        )
+        .start()
+        .await;
+        let resp = host
+            .client
+            .post(host.url("/v2/models/hasty/infer"))
+            .json(&json!({ "inputs": oip_inputs(case) }))
+            .send()
+            .await
+            .unwrap();
+        let (status, msg) = guest_error(resp).await;
+        assert_eq!(status, 504, "{timeout_ms} ms: {msg}");
+        assert!(msg.contains("deadline"), "{msg}");
+        host.wait_log(
+            "path=\"/v2/models/hasty/infer\"",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+        let log = host.log();
+        let at = |what: &str| log.iter().position(|l| l.contains(what));
+        let answered = at("path=\"/v2/models/hasty/infer\"").unwrap();
+        match (
+            at("parsing a model loaded from bytes"),
+            at("parsed a model loaded from bytes"),
+        ) {
+            (Some(parsing), loaded)
+                if parsing < answered && loaded.is_none_or(|l| l > answered) =>
+            {
+                break host;
+            }
+            (Some(_), _) => {
+                panic!("at {timeout_ms} ms the parse ended before the deadline: {log:#?}")
+            }
+            (None, _) => {}
+        }
+        assert!(
+            timeout_ms < 10_000,
+            "no deadline up to 10 s reached the parse"
+        );
+        timeout_ms = timeout_ms * 3 / 2;
+    };
+
+    // The parse goes on without its guest, and is counted when it ends.
+    let waited = Instant::now();
+    while loads_from_bytes(&host, &ppocr).await < 1.0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "the parse the hasty guest began was never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    infer_matches_reference(&host, "patient", case).await;
+    assert_eq!(
+        loads_from_bytes(&host, &ppocr).await,
+        1.0,
+        "the patient guest found the model the hasty one left"
+    );
+    let events = host.events();
+    assert_eq!(events.len(), 2, "both calls have their record: {events:?}");
+    for e in &events {
+        let want = if e["component"] == "hasty" {
+            (Some("timeout"), Some(504))
+        } else {
+            (Some("ok"), Some(200))
+        };
+        assert_eq!((e["outcome"].as_str(), e["status"].as_u64()), want, "{e}");
     }
 }
 

@@ -366,17 +366,22 @@ pub fn read_json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Sends one reference case's inputs (models/*/reference.json, made with
-/// ONNX Runtime by models/reference.py) to OIP `infer` and compares every output.
-pub async fn infer_matches_reference(host: &Host, model: &str, case: &serde_json::Value) {
-    let inputs: Vec<serde_json::Value> = case["inputs"]
+/// A reference case's inputs as OIP JSON input tensors.
+pub fn oip_inputs(case: &serde_json::Value) -> Vec<serde_json::Value> {
+    case["inputs"]
         .as_object()
         .unwrap()
         .iter()
         .map(|(name, t)| {
             serde_json::json!({"name": name, "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]})
         })
-        .collect();
+        .collect()
+}
+
+/// Sends one reference case's inputs (models/*/reference.json, made with
+/// ONNX Runtime by models/reference.py) to OIP `infer` and compares every output.
+pub async fn infer_matches_reference(host: &Host, model: &str, case: &serde_json::Value) {
+    let inputs = oip_inputs(case);
     let resp = host
         .client
         .post(host.url(&format!("/v2/models/{model}/infer")))

@@ -330,7 +330,7 @@ async fn a_load_cut_off_by_its_deadline_still_keeps_its_model() {
     // Where the parse falls in a call depends on the machine, so the hasty
     // component's deadline grows, one fresh host each, until it passes
     // while the parse is under way: after the log's "parsing" line and
-    // before its "loaded" one.
+    // before its "parsed" one.
     let mut timeout_ms = 10;
     let host = loop {
         let settings = format!("[component.hasty]\ntimeout_ms = {timeout_ms}\n");

@@ -287,7 +287,7 @@ async fn a_model_file_that_does_not_load_is_a_clear_500() {
         "\"missing\", EDGEINFER_MODEL_FILE = \"/model/gone.onnx\"",
     );
     let host = app.start().await;
-    let infer = |model| infer_error(&host, model, pixels(64, "FP32"));
+    let infer = |model| infer_error(&host, model, vec![pixels(64, "FP32")]);
     // Twice each: the second load of the same bad bytes answers the same.
     for _ in 0..2 {
         for model in ["truncated", "text"] {
@@ -340,14 +340,7 @@ async fn a_load_cut_off_by_its_deadline_still_keeps_its_model() {
         )
         .start()
         .await;
-        let resp = host
-            .client
-            .post(host.url("/v2/models/hasty/infer"))
-            .json(&json!({ "inputs": oip_inputs(case) }))
-            .send()
-            .await
-            .unwrap();
-        let (status, msg) = guest_error(resp).await;
+        let (status, msg) = infer_error(&host, "hasty", oip_inputs(case)).await;
         assert_eq!(status, 504, "{timeout_ms} ms: {msg}");
         assert!(msg.contains("deadline"), "{msg}");
         host.wait_log(
@@ -420,12 +413,12 @@ async fn guest_error(resp: reqwest::Response) -> (u16, String) {
     )
 }
 
-/// Posts one input to `model`'s OIP `infer` and reads the function's error.
-async fn infer_error(host: &Host, model: &str, input: Value) -> (u16, String) {
+/// Posts `inputs` to `model`'s OIP `infer` and reads the function's error.
+async fn infer_error(host: &Host, model: &str, inputs: Vec<Value>) -> (u16, String) {
     let resp = host
         .client
         .post(host.url(&format!("/v2/models/{model}/infer")))
-        .json(&json!({ "inputs": [input] }))
+        .json(&json!({ "inputs": inputs }))
         .send()
         .await
         .unwrap();
@@ -465,11 +458,11 @@ environment = {{ EDGEINFER_MODEL_NAME = "nope" }}
         artifacts::OIP_NN
     ));
     let host = app.start().await;
-    let (status, msg) = infer_error(&host, "digits", pixels(63, "FP32")).await;
+    let (status, msg) = infer_error(&host, "digits", vec![pixels(63, "FP32")]).await;
     assert_eq!(status, 400, "{msg}");
-    let (status, msg) = infer_error(&host, "digits", pixels(64, "INT64")).await;
+    let (status, msg) = infer_error(&host, "digits", vec![pixels(64, "INT64")]).await;
     assert_eq!(status, 400, "{msg}");
-    let (status, msg) = infer_error(&host, "nope", pixels(64, "FP32")).await;
+    let (status, msg) = infer_error(&host, "nope", vec![pixels(64, "FP32")]).await;
     assert_eq!(status, 404, "{msg}");
     assert!(msg.contains("no model named `nope`"), "{msg}");
     // And the host still serves.

@@ -532,7 +532,7 @@ async fn load_from_bytes(
     let parsed = match parsed {
         Ok(Ok(backend)) => Ok(backend),
         Ok(Err(e)) => Err(format!("the bytes are not a model tract can load: {e:#}")),
-        // tract panicked on them: the host carries on without the model.
+        // A panic the kit did not turn into an error (it does tract's).
         Err(e) => Err(format!("loading the model failed: {e}")),
     };
     let backend = parsed.inspect_err(|error| {

@@ -35,22 +35,11 @@
 //! shape) is left as it is, and so are subgraphs.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Cursor;
 
-use tract_onnx::Onnx;
 use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
-use tract_onnx::prelude::{Framework, InferenceModel, TractResult};
 
 /// How deep a chain of element-wise ops over the constants may be.
 const MAX_DEPTH: usize = 8;
-
-/// Reads an ONNX model as `onnx.model_for_read` does, with
-/// [`gather_weights_first`] applied to its graph first.
-pub(crate) fn model_for_read(onnx: &Onnx, bytes: &[u8]) -> TractResult<InferenceModel> {
-    let mut proto = onnx.proto_model_for_read(&mut Cursor::new(bytes))?;
-    gather_weights_first(&mut proto);
-    onnx.model_for_proto_model(&proto)
-}
 
 /// Moves every eligible `Gather` of the main graph before the element-wise
 /// ops that compute its data from constants. Returns how many it moved.

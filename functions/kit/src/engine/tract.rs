@@ -1,12 +1,13 @@
 //! The tract engine: parses, optimizes and plans an ONNX model inside the
 //! component. All tract types stay in this file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use tract_onnx::pb::GraphProto;
 use tract_onnx::prelude::{
-    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, IntoTensor, TDim,
-    TVec, Tensor as TractTensor, TypedFact, TypedModel, TypedRunnableModel, TypedSimplePlan,
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, IntoTensor,
+    TDim, TVec, Tensor as TractTensor, TypedFact, TypedModel, TypedRunnableModel, TypedSimplePlan,
 };
 use tract_onnx::tract_core::internal::{
     AxisOp, EvalContext, EvalOp, Op, StaticName, TValue, TractResult, TypedOp, as_op,
@@ -57,6 +58,54 @@ pub struct TractOptions {
     pub input_shapes: &'static [&'static [usize]],
 }
 
+/// Reads an ONNX model as `onnx.model_for_read` does, refusing what tract
+/// would panic on, and with the gathers over dequantised tables moved first
+/// (see gather.rs).
+fn read_model(onnx: &tract_onnx::Onnx, bytes: &[u8]) -> Result<InferenceModel, KitError> {
+    let parsing = |e: tract_onnx::prelude::TractError| {
+        KitError::internal(format!("parsing the ONNX model: {e:#}"))
+    };
+    let mut proto = onnx
+        .proto_model_for_read(&mut std::io::Cursor::new(bytes))
+        .map_err(parsing)?;
+    if let Some(graph) = &proto.graph {
+        check_outputs(graph)?;
+    }
+    super::gather::gather_weights_first(&mut proto);
+    onnx.model_for_proto_model(&proto).map_err(parsing)
+}
+
+/// tract-onnx 0.23 looks each graph output up by name among the values its
+/// graph defines, and panics on one it does not find.
+fn check_outputs(graph: &GraphProto) -> Result<(), KitError> {
+    let defined: HashSet<&str> = (graph.input.iter().map(|v| v.name.as_str()))
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str)),
+        )
+        .collect();
+    if let Some(output) = graph
+        .output
+        .iter()
+        .find(|o| !defined.contains(o.name.as_str()))
+    {
+        return Err(KitError::internal(format!(
+            "parsing the ONNX model: graph `{}` has an output `{}` that is neither an input, \
+             an initializer nor any node's output",
+            graph.name, output.name
+        )));
+    }
+    // Subgraphs (the bodies of If, Loop, Scan) are read the same way.
+    let subgraphs = graph.node.iter().flat_map(|n| &n.attribute);
+    for graph in subgraphs.flat_map(|a| a.g.iter().chain(&a.graphs)) {
+        check_outputs(graph)?;
+    }
+    Ok(())
+}
+
 impl TractEngine {
     /// Parses, optimizes and plans an ONNX model. The graph's `value_info`
     /// shape hints are ignored: tract infers shapes itself, and exporters'
@@ -73,15 +122,30 @@ impl TractEngine {
     }
 
     pub fn from_onnx_with(bytes: &[u8], options: TractOptions) -> Result<Self, KitError> {
+        // tract panics on some malformed files. Natively (the host's wasi:nn,
+        // `models add`) that is one more reason a file does not load; a wasm
+        // guest aborts on a panic, so the known causes are refused before
+        // tract reads the graph (`read_model`).
+        std::panic::catch_unwind(|| Self::load(bytes, options)).unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            Err(KitError::internal(format!(
+                "tract panicked on the model: {why}"
+            )))
+        })
+    }
+
+    fn load(bytes: &[u8], options: TractOptions) -> Result<Self, KitError> {
         let internal = |what: &str, e: tract_onnx::prelude::TractError| {
             KitError::internal(format!("{what}: {e:#}"))
         };
-        // Gathers over dequantised tables are moved first (see gather.rs).
-        let mut model = super::gather::model_for_read(
+        let mut model = read_model(
             &tract_onnx::onnx().with_ignore_value_info(options.ignore_value_info),
             bytes,
-        )
-        .map_err(|e| internal("parsing the ONNX model", e))?;
+        )?;
 
         if options.input_shapes.len() > model.inputs.len() {
             return Err(KitError::internal(format!(
@@ -616,4 +680,60 @@ pub fn linalg_tiers() -> Vec<&'static str> {
         .iter()
         .map(|t| t.name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_outputs;
+    use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, ValueInfoProto};
+
+    fn graph(name: &str, outputs: &[&str], node: NodeProto) -> GraphProto {
+        let value = |name: &&str| ValueInfoProto {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        GraphProto {
+            name: name.into(),
+            input: [value(&"x")].into(),
+            node: vec![node],
+            output: outputs.iter().map(value).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: vec!["x".into()],
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// Graph outputs must name a value of their own graph, subgraphs too.
+    #[test]
+    fn an_output_no_value_defines_is_refused_in_any_graph() {
+        let ok = graph("main", &["y", "x"], node("Relu", "y", vec![]));
+        assert!(check_outputs(&ok).is_ok());
+        let bad = graph("main", &["y", "z"], node("Relu", "y", vec![]));
+        let err = check_outputs(&bad).unwrap_err();
+        assert!(
+            err.message().contains("graph `main` has an output `z`"),
+            "{err:?}"
+        );
+        // An If's branch that names an outer value as its output.
+        let branch = |outputs| AttributeProto {
+            name: "then_branch".into(),
+            g: Some(graph("then", outputs, node("Neg", "t", vec![]))),
+            ..Default::default()
+        };
+        let main = |outputs| graph("main", &["y"], node("If", "y", vec![branch(outputs)]));
+        assert!(check_outputs(&main(&["t"])).is_ok());
+        let err = check_outputs(&main(&["y"])).unwrap_err();
+        assert!(
+            err.message().contains("graph `then` has an output `y`"),
+            "{err:?}"
+        );
+    }
 }

@@ -199,6 +199,20 @@ fn a_model_tract_cannot_run_is_refused_at_add_time() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt.onnx"));
 
+    // Files tract panics on: refused with the file and why, not a crash.
+    for (name, bytes, why) in common::malformed_digits() {
+        let file = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&file, bytes).unwrap();
+        let out = add(dir.path(), name, &file, "tract");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        common::assert_not_a_panic(&out.status, &err);
+        assert!(
+            err.contains(&format!("{name}.onnx")) && err.contains(why),
+            "{err}"
+        );
+    }
+
     let out = add(dir.path(), "Bad_Name", &bad, "wasi-nn");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid model name"));

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    App, Framing, Host, artifacts, binary_infer_matches_reference, component,
+    App, Framing, Host, artifacts, binary_infer_matches_reference, component, guest_error,
     infer_matches_reference, manifest, oip_inputs, read_json, repo,
 };
 use serde_json::{Value, json};
@@ -273,10 +273,13 @@ async fn a_model_loaded_from_bytes_is_parsed_once_while_kept() {
 #[tokio::test]
 async fn a_model_file_that_does_not_load_is_a_clear_500() {
     let digits = model_bytes("digits");
+    let [dangling, argmax] = common::malformed_digits();
     let mut app = from_bytes_app(
         &[
             ("truncated", digits[..digits.len() / 2].to_vec()),
             ("text", b"not an ONNX model\n".to_vec()),
+            (dangling.0, dangling.1),
+            (argmax.0, argmax.1),
             ("missing", digits.clone()),
             ("digits", digits),
         ],
@@ -290,12 +293,20 @@ async fn a_model_file_that_does_not_load_is_a_clear_500() {
     let infer = |model| infer_error(&host, model, vec![pixels(64, "FP32")]);
     // Twice each: the second load of the same bad bytes answers the same.
     for _ in 0..2 {
-        for model in ["truncated", "text"] {
+        // tract panics on the last two; that is theirs, not the host's.
+        let why = [
+            ("truncated", "parsing the ONNX model"),
+            ("text", "parsing the ONNX model"),
+            (dangling.0, dangling.2),
+            (argmax.0, argmax.2),
+        ];
+        for (model, why) in why {
             let (status, msg) = infer(model).await;
             assert_eq!(status, 500, "{model}: {msg}");
             assert!(
                 msg.contains("model /model/model.onnx did not load")
-                    && msg.contains("not a model tract can load"),
+                    && msg.contains("not a model tract can load")
+                    && msg.contains(why),
                 "{model}: {msg}"
             );
         }
@@ -311,7 +322,7 @@ async fn a_model_file_that_does_not_load_is_a_clear_500() {
     )
     .await;
     let events = host.events();
-    assert_eq!(events.len(), 7, "every call has its record");
+    assert_eq!(events.len(), 11, "every call has its record");
     for e in &events {
         let want = if e["component"] == "digits" { 200 } else { 500 };
         assert_eq!(e["status"], want, "{e}");
@@ -398,19 +409,6 @@ async fn a_load_cut_off_by_its_deadline_still_keeps_its_model() {
         };
         assert_eq!((e["outcome"].as_str(), e["status"].as_u64()), want, "{e}");
     }
-}
-
-/// A function's JSON error: (status, message).
-async fn guest_error(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.expect("errors are JSON");
-    (
-        status,
-        body["error"]
-            .as_str()
-            .expect("an error message")
-            .to_string(),
-    )
 }
 
 /// Posts `inputs` to `model`'s OIP `infer` and reads the function's error.
@@ -525,6 +523,23 @@ fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
         .runtime_config("[nn.models.x]\npath = \"missing.onnx\"\n")
         .start_err();
     assert!(err.contains("missing.onnx"), "{err}");
+}
+
+/// A declared model that tract panics on stops `up` like any other error in
+/// edgeinfer.toml: naming the model's table, its file and why.
+#[test]
+fn a_declared_model_tract_panics_on_is_a_startup_error() {
+    for (name, bytes, why) in common::malformed_digits() {
+        let file = format!("{name}.onnx");
+        let err = app(&MODELS[..1], "")
+            .runtime_config(format!("[nn.models.bad]\npath = \"{file}\"\n"))
+            .file(&file, bytes)
+            .start_err();
+        assert!(
+            err.contains("[nn.models.bad]") && err.contains(&file) && err.contains(why),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

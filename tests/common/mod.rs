@@ -143,9 +143,16 @@ impl App {
             .stderr(Stdio::piped())
             .output()
             .expect("running edgeinfer");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "edgeinfer up should have failed");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        assert_not_a_panic(&out.status, &stderr);
+        stderr
     }
+}
+
+/// A command that fails must say why, not crash: a panic exits with 101.
+pub fn assert_not_a_panic(status: &ExitStatus, stderr: &str) {
+    assert_ne!(status.code(), Some(101), "edgeinfer panicked: {stderr}");
 }
 
 /// Runs the `edgeinfer` CLI in `dir`, on the database of the app there;
@@ -171,11 +178,13 @@ pub fn cli_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 /// Runs the `edgeinfer` CLI in `dir` expecting it to fail; returns its stderr.
 pub fn cli_err(dir: &Path, args: &[&str]) -> String {
     let out = cli_command(dir, args).output().expect("running edgeinfer");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
         "edgeinfer {args:?} should have failed"
     );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    assert_not_a_panic(&out.status, &stderr);
+    stderr
 }
 
 /// The `edgeinfer` CLI with `args`, run in `dir` on the database of the app there.
@@ -334,6 +343,14 @@ name = "test-app"
     )
 }
 
+/// A function's JSON error, or the host's: (status, message).
+pub async fn guest_error(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.expect("errors are JSON");
+    let error = body["error"].as_str().expect("an error message");
+    (status, error.to_string())
+}
+
 /// The JSON `error` and `request_id` of an error response, checked for shape.
 pub async fn error_body(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
@@ -364,6 +381,37 @@ pub fn repo() -> PathBuf {
 pub fn read_json(rel: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(repo().join(rel)).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// Two malformed copies of the digits model, each with one change to its
+/// graph that tract panics on: a graph output that names no value
+/// (tract-onnx reading the graph), and an ArgMax over axis 99 of a 2-D
+/// tensor (tract typing it). With what the host must say of each.
+pub fn malformed_digits() -> [(&'static str, Vec<u8>, &'static str); 2] {
+    use prost::Message as _;
+    let digits_with = |change: &dyn Fn(&mut tract_onnx::pb::GraphProto)| {
+        let bytes = std::fs::read(repo().join("models/digits/model.onnx")).unwrap();
+        let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+        change(model.graph.as_mut().unwrap());
+        model.encode_to_vec()
+    };
+    let dangling = digits_with(&|g| g.output[0].name = "nowhere".into());
+    let argmax = digits_with(&|g| {
+        let node = g.node.iter_mut().find(|n| n.op_type == "ArgMax").unwrap();
+        node.attribute
+            .iter_mut()
+            .find(|a| a.name == "axis")
+            .unwrap()
+            .i = 99;
+    });
+    [
+        (
+            "dangling",
+            dangling,
+            "has an output `nowhere` that is neither",
+        ),
+        ("argmax99", argmax, "tract panicked on the model"),
+    ]
 }
 
 /// A reference case's inputs as OIP JSON input tensors.

@@ -293,7 +293,7 @@ async fn a_model_file_that_does_not_load_is_a_clear_500() {
     let infer = |model| infer_error(&host, model, vec![pixels(64, "FP32")]);
     // Twice each: the second load of the same bad bytes answers the same.
     for _ in 0..2 {
-        // tract panics on the last two; that is theirs, not the host's.
+        // tract would panic on the last two; the kit forestalls or catches it.
         let why = [
             ("truncated", "parsing the ONNX model"),
             ("text", "parsing the ONNX model"),
@@ -526,19 +526,28 @@ fn requests_this_build_cannot_meet_are_errors_not_fallbacks() {
 }
 
 /// A declared model that tract panics on stops `up` like any other error in
-/// edgeinfer.toml: naming the model's table, its file and why.
+/// edgeinfer.toml: naming the model's table, its file and why. ONNX Runtime
+/// refuses the same files with reasons of its own.
 #[test]
 fn a_declared_model_tract_panics_on_is_a_startup_error() {
     for (name, bytes, why) in common::malformed_digits() {
         let file = format!("{name}.onnx");
-        let err = app(&MODELS[..1], "")
-            .runtime_config(format!("[nn.models.bad]\npath = \"{file}\"\n"))
-            .file(&file, bytes)
-            .start_err();
-        assert!(
-            err.contains("[nn.models.bad]") && err.contains(&file) && err.contains(why),
-            "{err}"
-        );
+        let mut backends = vec![("tract", why)];
+        if cfg!(feature = "onnxruntime") {
+            backends.push(("onnxruntime", "with ONNX Runtime"));
+        }
+        for (backend, why) in backends {
+            let err = app(&MODELS[..1], "")
+                .runtime_config(format!(
+                    "[nn.models.bad]\npath = \"{file}\"\nbackend = \"{backend}\"\n"
+                ))
+                .file(&file, bytes.clone())
+                .start_err();
+            assert!(
+                err.contains("[nn.models.bad]") && err.contains(&file) && err.contains(why),
+                "{backend}: {err}"
+            );
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tract_onnx::prelude::{
     TDim, TVec, Tensor as TractTensor, TypedFact, TypedModel, TypedRunnableModel, TypedSimplePlan,
 };
 use tract_onnx::tract_core::internal::{
-    AxisOp, EvalContext, EvalOp, Op, StaticName, TValue, TractResult, TypedOp, as_op,
+    AxisOp, EvalContext, EvalOp, Op, StaticName, TValue, TractResult, TypedOp, as_op, bail,
     op_as_typed_op, op_out_of_plan,
 };
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
@@ -69,7 +69,7 @@ fn read_model(onnx: &tract_onnx::Onnx, bytes: &[u8]) -> Result<InferenceModel, K
         .proto_model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(parsing)?;
     if let Some(graph) = &proto.graph {
-        check_outputs(graph)?;
+        check_outputs(graph).map_err(parsing)?;
     }
     super::gather::gather_weights_first(&mut proto);
     onnx.model_for_proto_model(&proto).map_err(parsing)
@@ -77,7 +77,7 @@ fn read_model(onnx: &tract_onnx::Onnx, bytes: &[u8]) -> Result<InferenceModel, K
 
 /// tract-onnx 0.23 looks each graph output up by name among the values its
 /// graph defines, and panics on one it does not find.
-fn check_outputs(graph: &GraphProto) -> Result<(), KitError> {
+fn check_outputs(graph: &GraphProto) -> TractResult<()> {
     let defined: HashSet<&str> = (graph.input.iter().map(|v| v.name.as_str()))
         .chain(graph.initializer.iter().map(|t| t.name.as_str()))
         .chain(
@@ -92,11 +92,12 @@ fn check_outputs(graph: &GraphProto) -> Result<(), KitError> {
         .iter()
         .find(|o| !defined.contains(o.name.as_str()))
     {
-        return Err(KitError::internal(format!(
-            "parsing the ONNX model: graph `{}` has an output `{}` that is neither an input, \
-             an initializer nor any node's output",
-            graph.name, output.name
-        )));
+        bail!(
+            "graph `{}` has an output `{}` that is neither an input, an initializer nor any \
+             node's output",
+            graph.name,
+            output.name
+        );
     }
     // Subgraphs (the bodies of If, Loop, Scan) are read the same way.
     let subgraphs = graph.node.iter().flat_map(|n| &n.attribute);
@@ -719,7 +720,7 @@ mod tests {
         let bad = graph("main", &["y", "z"], node("Relu", "y", vec![]));
         let err = check_outputs(&bad).unwrap_err();
         assert!(
-            err.message().contains("graph `main` has an output `z`"),
+            err.to_string().contains("graph `main` has an output `z`"),
             "{err:?}"
         );
         // An If's branch that names an outer value as its output.
@@ -732,7 +733,7 @@ mod tests {
         assert!(check_outputs(&main(&["t"])).is_ok());
         let err = check_outputs(&main(&["y"])).unwrap_err();
         assert!(
-            err.message().contains("graph `then` has an output `y`"),
+            err.to_string().contains("graph `then` has an output `y`"),
             "{err:?}"
         );
     }

@@ -155,9 +155,7 @@ async fn a_model_tract_cannot_read_in_the_sandbox_is_a_500() {
     let host = app.start().await;
     for (name, _, why) in &models {
         let path = format!("/{name}/v2/models/model/infer");
-        let pixels = serde_json::json!({"inputs": [
-            {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}
-        ]});
+        let pixels = serde_json::json!({"inputs": [common::pixels(64, "FP32")]});
         let resp = host.client.post(host.url(&path)).json(&pixels).send().await;
         let (status, msg) = guest_error(resp.unwrap()).await;
         assert_eq!(status, 500, "{name}: {msg}");

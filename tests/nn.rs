@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     App, Framing, Host, artifacts, binary_infer_matches_reference, component, guest_error,
-    infer_matches_reference, manifest, oip_inputs, read_json, repo,
+    infer_matches_reference, manifest, oip_inputs, pixels, read_json, repo,
 };
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -421,11 +421,6 @@ async fn infer_error(host: &Host, model: &str, inputs: Vec<Value>) -> (u16, Stri
         .await
         .unwrap();
     guest_error(resp).await
-}
-
-/// digits' input, `n` ones of `datatype`.
-fn pixels(n: usize, datatype: &str) -> Value {
-    json!({"name": "pixels", "shape": [1, n], "datatype": datatype, "data": vec![1; n]})
 }
 
 #[tokio::test]

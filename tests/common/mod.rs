@@ -414,6 +414,11 @@ pub fn malformed_digits() -> [(&'static str, Vec<u8>, &'static str); 2] {
     ]
 }
 
+/// digits' input as an OIP JSON tensor, `n` ones of `datatype`.
+pub fn pixels(n: usize, datatype: &str) -> serde_json::Value {
+    serde_json::json!({"name": "pixels", "shape": [1, n], "datatype": datatype, "data": vec![1; n]})
+}
+
 /// A reference case's inputs as OIP JSON input tensors.
 pub fn oip_inputs(case: &serde_json::Value) -> Vec<serde_json::Value> {
     case["inputs"]

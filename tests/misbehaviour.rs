@@ -83,6 +83,23 @@ async fn stack_overflow_panic_and_huge_response_are_5xx() {
     }
 }
 
+/// A Rust guest that panics aborts, and the trap says only `unreachable`:
+/// the answer quotes the panic the guest wrote to stderr, and the next call,
+/// in a fresh instance, starts with a clean stderr.
+#[tokio::test]
+async fn a_panic_is_answered_with_its_message() {
+    let host = host().await;
+    let (status, msg) = error_body(host.get("/probe/panic").await).await;
+    assert_eq!(status, 500, "{msg}");
+    assert!(msg.contains("the component trapped"), "{msg}");
+    assert!(msg.contains("panicked at probe/src/lib.rs:"), "{msg}");
+    assert!(msg.contains(": probe panic"), "{msg}");
+    let (status, msg) = error_body(host.get("/probe/deep").await).await;
+    assert_eq!(status, 500, "{msg}");
+    assert!(!msg.contains("panicked"), "another call's stderr: {msg}");
+    still_serving(&host).await;
+}
+
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
     let host = host().await;
@@ -126,10 +143,10 @@ async fn body_over_the_limit_is_413() {
 }
 
 /// Model files tract cannot read, in the sandbox (the `oip` function with
-/// tract inside, unbaked): a 500 with the reason where the guest can give
-/// one. Where tract panics, a wasm guest cannot catch it and traps; the kit
-/// refuses the graphs it knows tract panics on before tract reads them, so
-/// that one still gets its reason. The host serves on and meters every call.
+/// tract inside, unbaked): a 500 with the reason. Where tract panics, a wasm
+/// guest cannot catch it and traps, and the host quotes the panic from its
+/// stderr; the kit refuses the graphs it knows tract panics on before tract
+/// reads them. The host serves on and meters every call.
 #[tokio::test]
 async fn a_model_tract_cannot_read_in_the_sandbox_is_a_500() {
     let [dangling, argmax] = common::malformed_digits();
@@ -140,7 +157,11 @@ async fn a_model_tract_cannot_read_in_the_sandbox_is_a_500() {
             "parsing the ONNX model",
         ),
         dangling,
-        (argmax.0, argmax.1, "the component trapped"),
+        (
+            argmax.0,
+            argmax.1,
+            "Illegal combination of values for rank and axis: 2 and 99",
+        ),
     ];
     let mut spin = component("hello", "/hello", artifacts::HELLO);
     let mut app = App::new(String::new());

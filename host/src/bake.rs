@@ -70,7 +70,12 @@ pub async fn bake(baker: &Baker, caps: &Capabilities, input: &Path, output: &Pat
         max_memory_bytes: 4 << 30,
         ..caps.clone()
     };
-    let state = InstanceState::new(&caps, Arc::new(MemoryStats::default()), Default::default())?;
+    let state = InstanceState::new(
+        &caps,
+        Arc::new(MemoryStats::default()),
+        Default::default(),
+        Default::default(),
+    )?;
     let mut store = Store::new(&baker.engine, state);
     store.limiter(|s| s.limiter());
     // Wizer copies the initialized memory out through the host; the default

@@ -14,6 +14,7 @@ use wasmtime::{AsContextMut, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, Prepared, Proxy, ProxyPre};
 
+use crate::guest_stderr::GuestStderr;
 use crate::sandbox::{Capabilities, InstanceState, MemoryStats};
 
 pub type Request = http::Request<WasiBody>;
@@ -143,8 +144,9 @@ impl Runnable {
         let deadline = Instant::now() + self.timeout;
         let memory = Arc::new(MemoryStats::default());
         let nn_usage = Arc::new(crate::nn::NnUsage::default());
+        let stderr = GuestStderr::default();
         let mut store = self
-            .new_store(memory.clone(), nn_usage.clone())
+            .new_store(memory.clone(), nn_usage.clone(), stderr.clone())
             .map_err(|e| GuestFailure::Failed(format!("preparing the instance: {e:#}")))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -199,7 +201,7 @@ impl Runnable {
                 tokio::spawn(async move {
                     let (fuel, failure) = match run.await {
                         Ok((Err(e), fuel)) => {
-                            let failure = this.classify(&e, &memory);
+                            let failure = this.classify(&e, &memory, &stderr);
                             tracing::warn!(error = %failure, "component failed while streaming its response");
                             (fuel, Some(failure))
                         }
@@ -239,7 +241,7 @@ impl Runnable {
                 e
             }
         };
-        Err(self.classify(&failure, &memory))
+        Err(self.classify(&failure, &memory, &stderr))
     }
 
     /// A store for one instance: memory cap, and fuel if the engine counts it.
@@ -247,8 +249,9 @@ impl Runnable {
         &self,
         memory: Arc<MemoryStats>,
         nn_usage: Arc<crate::nn::NnUsage>,
+        stderr: GuestStderr,
     ) -> anyhow::Result<Store<InstanceState>> {
-        let state = InstanceState::new(&self.caps, memory, nn_usage)?;
+        let state = InstanceState::new(&self.caps, memory, nn_usage, stderr)?;
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| s.limiter());
         // Fails only when the engine does not count fuel (`[metering] fuel = false`).
@@ -261,7 +264,11 @@ impl Runnable {
     /// path: the calls share the instance's state.
     pub async fn warm_instance(&self) -> anyhow::Result<WarmInstance> {
         let nn_usage = Arc::new(crate::nn::NnUsage::default());
-        let mut store = self.new_store(Arc::new(MemoryStats::default()), nn_usage.clone())?;
+        let mut store = self.new_store(
+            Arc::new(MemoryStats::default()),
+            nn_usage.clone(),
+            GuestStderr::default(),
+        )?;
         // No deadline: the epoch clock just yields.
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let proxy = self.pre.instantiate_async(&mut store).await?;
@@ -305,7 +312,12 @@ impl Runnable {
 }
 
 impl Runnable {
-    fn classify(&self, e: &wasmtime::Error, memory: &MemoryStats) -> GuestFailure {
+    fn classify(
+        &self,
+        e: &wasmtime::Error,
+        memory: &MemoryStats,
+        stderr: &GuestStderr,
+    ) -> GuestFailure {
         if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
             return GuestFailure::PoolExhausted(full.to_string());
         }
@@ -319,7 +331,10 @@ impl Runnable {
             return GuestFailure::OutOfMemory(self.caps.max_memory_bytes);
         }
         if let Some(trap) = e.downcast_ref::<Trap>() {
-            return GuestFailure::Trap(format!("{trap}"));
+            return GuestFailure::Trap(match stderr.last_words() {
+                Some(said) => format!("{trap}, after it wrote to stderr: {said}"),
+                None => format!("{trap}"),
+            });
         }
         GuestFailure::Failed(format!("{e:#}"))
     }

@@ -17,6 +17,7 @@ pub mod billing;
 pub mod build;
 pub mod cores;
 pub mod engine;
+pub mod guest_stderr;
 pub mod invoke;
 pub mod ledger;
 pub mod manifest;

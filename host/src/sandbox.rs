@@ -14,6 +14,7 @@ use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::guest_stderr::GuestStderr;
 use crate::outbound::OutboundPolicy;
 
 /// Per-component capabilities, resolved once at load and shared by its instances.
@@ -83,14 +84,16 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    /// `nn_usage` accumulates what the instance's `wasi:nn` calls use.
+    /// `nn_usage` accumulates what the instance's `wasi:nn` calls use, and
+    /// `stderr` keeps the end of what it writes there.
     pub fn new(
         caps: &Capabilities,
         memory: Arc<MemoryStats>,
         nn_usage: Arc<crate::nn::NnUsage>,
+        stderr: GuestStderr,
     ) -> Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
+        wasi.inherit_stdout().stderr(stderr);
         wasi.envs(&caps.environment);
         for (host, guest) in &caps.mounts {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;

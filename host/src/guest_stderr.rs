@@ -144,6 +144,27 @@ mod tests {
         );
     }
 
+    /// Both of WASI's ways to stderr (p2's `output-stream` and p3's `stream`)
+    /// keep into the one tail. They also write through: two short lines here.
+    #[tokio::test]
+    async fn p2_and_p3_writes_share_the_tail() {
+        use tokio::io::AsyncWriteExt;
+        let err = GuestStderr::default();
+        let mut p2 = err.p2_stream();
+        p2.write(Bytes::from_static(b"guest_stderr test: by p2\n"))
+            .unwrap();
+        assert_eq!(
+            err.last_words().as_deref(),
+            Some("guest_stderr test: by p2")
+        );
+        let mut p3 = Pin::from(err.async_stream());
+        p3.write_all(b"guest_stderr test: by p3\n").await.unwrap();
+        assert_eq!(
+            err.last_words().as_deref(),
+            Some("guest_stderr test: by p3")
+        );
+    }
+
     #[test]
     fn otherwise_the_last_line_said_and_only_the_tail_is_kept() {
         let err = GuestStderr::default();

@@ -25,7 +25,8 @@ pub struct GuestStderr {
 }
 
 impl GuestStderr {
-    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Keeps `bytes` in the tail and writes them to the host's stderr.
+    fn write_through(&self, bytes: &[u8]) -> std::io::Result<()> {
         self.keep(bytes);
         std::io::stderr().write_all(bytes)
     }
@@ -91,7 +92,8 @@ impl StdoutStream for GuestStderr {
 
 impl OutputStream for GuestStderr {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        GuestStderr::write(self, &bytes).map_err(|e| StreamError::LastOperationFailed(e.into()))
+        self.write_through(&bytes)
+            .map_err(|e| StreamError::LastOperationFailed(e.into()))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -114,7 +116,7 @@ impl tokio::io::AsyncWrite for GuestStderr {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(GuestStderr::write(&self, buf).map(|()| buf.len()))
+        Poll::Ready(self.write_through(buf).map(|()| buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -101,6 +101,22 @@ async fn a_panic_is_answered_with_its_message() {
 }
 
 #[tokio::test]
+async fn an_exit_is_answered_with_its_status_and_last_words() {
+    let host = host().await;
+    let (status, msg) = error_body(host.get("/probe/exit").await).await;
+    assert_eq!(status, 500, "{msg}");
+    assert!(msg.contains("the component failed"), "{msg}");
+    // wasi:cli/exit@0.2 carries only failure, which wasmtime reports as 1.
+    assert!(msg.contains("it exited with status 1"), "{msg}");
+    assert!(msg.contains("probe: giving up on purpose"), "{msg}");
+    still_serving(&host).await;
+    let events = host.events();
+    assert_eq!(events.len(), 2, "every call has its record: {events:?}");
+    let exit = events.iter().find(|e| e["component"] == "probe").unwrap();
+    assert_eq!(exit["status"], 500, "{exit}");
+}
+
+#[tokio::test]
 async fn body_over_the_limit_is_413() {
     let host = host().await;
     let big = vec![b'x'; 65 * 1024];

@@ -330,13 +330,18 @@ impl Runnable {
         if memory.exceeded.load(Ordering::Relaxed) {
             return GuestFailure::OutOfMemory(self.caps.max_memory_bytes);
         }
+        // What the guest last wrote to stderr is often the only reason given.
+        let quoted = |what: String| match stderr.last_words() {
+            Some(said) => format!("{what}, after it wrote to stderr: {said}"),
+            None => what,
+        };
         if let Some(trap) = e.downcast_ref::<Trap>() {
-            return GuestFailure::Trap(match stderr.last_words() {
-                Some(said) => format!("{trap}, after it wrote to stderr: {said}"),
-                None => format!("{trap}"),
-            });
+            return GuestFailure::Trap(quoted(trap.to_string()));
         }
-        GuestFailure::Failed(format!("{e:#}"))
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return GuestFailure::Failed(quoted(format!("it exited with status {}", exit.0)));
+        }
+        GuestFailure::Failed(quoted(format!("{e:#}")))
     }
 }
 

@@ -66,6 +66,12 @@ async fn probe(req: Request) -> Reply {
             text(StatusCode::OK, format!("returned from depth {depth}?!"))
         }
         "panic" => panic!("probe panic"),
+        "exit" => {
+            // Exits before answering, as a CLI-minded guest would on an error.
+            // wasi:cli/exit@0.2 carries only success or failure: 3 arrives as 1.
+            eprintln!("probe: giving up on purpose");
+            std::process::exit(3)
+        }
         "empty" => reply(
             StatusCode::NO_CONTENT,
             "text/plain; charset=utf-8",

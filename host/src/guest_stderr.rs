@@ -1,5 +1,5 @@
 //! A guest's stderr: written through to the host's own, with its tail kept
-//! so that a trap can be answered with what the guest said last. A Rust
+//! so that a failed call can be answered with what the guest said last. A Rust
 //! guest that panics prints why to stderr and then aborts, and the trap
 //! alone says only "`unreachable` instruction executed".
 

@@ -11,9 +11,10 @@ const TIMEOUT_MS: u64 = 1500;
 
 async fn host() -> Host {
     App::new(manifest(&format!(
-        "{}{}",
+        "{}{}{}",
         component("probe", "/probe/...", artifacts::PROBE),
         component("hello", "/hello", artifacts::HELLO),
+        component("hello-p2", "/p2/...", artifacts::HELLO_P2),
     )))
     .runtime_config(format!(
         "[component.probe]\ntimeout_ms = {TIMEOUT_MS}\nmax_memory_mb = 64\nmax_body_kb = 64\n"
@@ -114,6 +115,19 @@ async fn an_exit_is_answered_with_its_status_and_last_words() {
     assert_eq!(events.len(), 2, "every call has its record: {events:?}");
     let exit = events.iter().find(|e| e["component"] == "probe").unwrap();
     assert_eq!(exit["status"], 500, "{exit}");
+}
+
+/// Exit status 0 after a whole answer is a success, as it is for a command.
+#[tokio::test]
+async fn an_exit_0_after_the_answer_is_a_success() {
+    let host = host().await;
+    let r = host.get("/p2/exit").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Hello from edgeinfer\n");
+    let events = host.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["status"], 200, "{}", events[0]);
+    assert_eq!(events[0]["outcome"], "ok", "{}", events[0]);
 }
 
 #[tokio::test]

@@ -200,12 +200,13 @@ impl Runnable {
                 // Errors after the head is sent can only cut the body short.
                 tokio::spawn(async move {
                     let (fuel, failure) = match run.await {
-                        Ok((Err(e), fuel)) => {
+                        // Exit status 0 is a command's way to say it is done.
+                        Ok((Err(e), fuel)) if !exited_ok(&e) => {
                             let failure = this.classify(&e, &memory, &stderr);
                             tracing::warn!(error = %failure, "component failed while streaming its response");
                             (fuel, Some(failure))
                         }
-                        Ok((Ok(()), fuel)) => (fuel, None),
+                        Ok((_, fuel)) => (fuel, None),
                         Err(join) => (
                             0,
                             Some(GuestFailure::Failed(format!(
@@ -343,6 +344,12 @@ impl Runnable {
         }
         GuestFailure::Failed(quoted(format!("{e:#}")))
     }
+}
+
+/// Whether `e` is the guest exiting with status 0.
+fn exited_ok(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<wasmtime_wasi::I32Exit>()
+        .is_some_and(|exit| exit.0 == 0)
 }
 
 /// `req` as a call ready to run in the instance behind `accessor`.

@@ -11,7 +11,7 @@ use wasip2::http::types::{
 struct HelloP2;
 
 impl wasip2::exports::http::incoming_handler::Guest for HelloP2 {
-    fn handle(_request: IncomingRequest, response_out: ResponseOutparam) {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let headers = Fields::from_list(&[("content-type".into(), b"text/plain".to_vec())])
             .expect("static header is valid");
         let resp = OutgoingResponse::new(headers);
@@ -28,6 +28,14 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloP2 {
         out.flush().expect("flush body");
         drop(out); // the stream must be dropped before the body is finished
         OutgoingBody::finish(body, None).expect("finish body");
+        // `…/exit`: exit 0 once the answer is whole, as a command-minded
+        // guest may; the call succeeded all the same.
+        if request
+            .path_with_query()
+            .is_some_and(|p| p.ends_with("/exit"))
+        {
+            wasip2::cli::exit::exit(Ok(()));
+        }
     }
 }
 

@@ -117,6 +117,24 @@ async fn an_exit_is_answered_with_its_status_and_last_words() {
     assert_eq!(exit["status"], 500, "{exit}");
 }
 
+#[tokio::test]
+async fn a_guest_that_never_answers_is_a_500_with_its_last_words() {
+    let host = host().await;
+    let (status, msg) = error_body(host.get("/p2/silent").await).await;
+    assert_eq!(status, 500, "{msg}");
+    assert!(msg.contains("the component failed"), "{msg}");
+    assert!(msg.contains("response-outparam::set"), "{msg}");
+    assert!(msg.contains("hello-p2: no answer on purpose"), "{msg}");
+    still_serving(&host).await;
+    let events = host.events();
+    assert_eq!(events.len(), 2, "every call has its record: {events:?}");
+    let silent = events
+        .iter()
+        .find(|e| e["component"] == "hello-p2")
+        .unwrap();
+    assert_eq!(silent["status"], 500, "{silent}");
+}
+
 /// Exit status 0 after a whole answer is a success, as it is for a command.
 #[tokio::test]
 async fn an_exit_0_after_the_answer_is_a_success() {

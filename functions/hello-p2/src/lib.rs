@@ -1,6 +1,7 @@
 //! The same hello answer as `hello`, but as a WASIp2 `wasi:http/proxy`
 //! component exporting `wasi:http/incoming-handler@0.2.x`, so the host's
-//! p2 path is exercised too.
+//! p2 path is exercised too. Two paths misbehave on purpose, for the
+//! host's tests: `…/silent` never answers and `…/exit` exits after it has.
 
 use std::io::Write as _;
 
@@ -12,6 +13,12 @@ struct HelloP2;
 
 impl wasip2::exports::http::incoming_handler::Guest for HelloP2 {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        // `…/silent`: returns without an answer, saying why only on stderr.
+        if path.ends_with("/silent") {
+            eprintln!("hello-p2: no answer on purpose");
+            return;
+        }
         let headers = Fields::from_list(&[("content-type".into(), b"text/plain".to_vec())])
             .expect("static header is valid");
         let resp = OutgoingResponse::new(headers);
@@ -30,10 +37,7 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloP2 {
         OutgoingBody::finish(body, None).expect("finish body");
         // `…/exit`: exit 0 once the answer is whole, as a command-minded
         // guest may; the call succeeded all the same.
-        if request
-            .path_with_query()
-            .is_some_and(|p| p.ends_with("/exit"))
-        {
+        if path.ends_with("/exit") {
             wasip2::cli::exit::exit(Ok(()));
         }
     }

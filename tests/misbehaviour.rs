@@ -101,38 +101,41 @@ async fn a_panic_is_answered_with_its_message() {
     still_serving(&host).await;
 }
 
-#[tokio::test]
-async fn an_exit_is_answered_with_its_status_and_last_words() {
+/// `path` fails with a 500 that says each of `says`; the host serves on,
+/// and the failed call has its record.
+async fn fails_saying(path: &str, component: &str, says: &[&str]) {
     let host = host().await;
-    let (status, msg) = error_body(host.get("/probe/exit").await).await;
+    let (status, msg) = error_body(host.get(path).await).await;
     assert_eq!(status, 500, "{msg}");
-    assert!(msg.contains("the component failed"), "{msg}");
-    // wasi:cli/exit@0.2 carries only failure, which wasmtime reports as 1.
-    assert!(msg.contains("it exited with status 1"), "{msg}");
-    assert!(msg.contains("probe: giving up on purpose"), "{msg}");
+    for said in says {
+        assert!(msg.contains(said), "{msg}");
+    }
     still_serving(&host).await;
     let events = host.events();
     assert_eq!(events.len(), 2, "every call has its record: {events:?}");
-    let exit = events.iter().find(|e| e["component"] == "probe").unwrap();
-    assert_eq!(exit["status"], 500, "{exit}");
+    let failed = events.iter().find(|e| e["component"] == component);
+    assert_eq!(failed.unwrap()["status"], 500, "{events:?}");
+}
+
+#[tokio::test]
+async fn an_exit_is_answered_with_its_status_and_last_words() {
+    let says = [
+        "the component failed",
+        // wasi:cli/exit@0.2 carries only failure, which wasmtime reports as 1.
+        "it exited with status 1",
+        "probe: giving up on purpose",
+    ];
+    fails_saying("/probe/exit", "probe", &says).await;
 }
 
 #[tokio::test]
 async fn a_guest_that_never_answers_is_a_500_with_its_last_words() {
-    let host = host().await;
-    let (status, msg) = error_body(host.get("/p2/silent").await).await;
-    assert_eq!(status, 500, "{msg}");
-    assert!(msg.contains("the component failed"), "{msg}");
-    assert!(msg.contains("response-outparam::set"), "{msg}");
-    assert!(msg.contains("hello-p2: no answer on purpose"), "{msg}");
-    still_serving(&host).await;
-    let events = host.events();
-    assert_eq!(events.len(), 2, "every call has its record: {events:?}");
-    let silent = events
-        .iter()
-        .find(|e| e["component"] == "hello-p2")
-        .unwrap();
-    assert_eq!(silent["status"], 500, "{silent}");
+    let says = [
+        "the component failed",
+        "response-outparam::set",
+        "hello-p2: no answer on purpose",
+    ];
+    fails_saying("/p2/silent", "hello-p2", &says).await;
 }
 
 /// Exit status 0 after a whole answer is a success, as it is for a command.

@@ -201,7 +201,7 @@ impl Runnable {
                 tokio::spawn(async move {
                     let (fuel, failure) = match run.await {
                         // Exit status 0 is a command's way to say it is done.
-                        Ok((Err(e), fuel)) if !exited_ok(&e) => {
+                        Ok((Err(e), fuel)) if exit_status(&e) != Some(0) => {
                             let failure = this.classify(&e, &memory, &stderr);
                             tracing::warn!(error = %failure, "component failed while streaming its response");
                             (fuel, Some(failure))
@@ -339,17 +339,17 @@ impl Runnable {
         if let Some(trap) = e.downcast_ref::<Trap>() {
             return GuestFailure::Trap(quoted(trap.to_string()));
         }
-        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            return GuestFailure::Failed(quoted(format!("it exited with status {}", exit.0)));
+        if let Some(status) = exit_status(e) {
+            return GuestFailure::Failed(quoted(format!("it exited with status {status}")));
         }
         GuestFailure::Failed(quoted(format!("{e:#}")))
     }
 }
 
-/// Whether `e` is the guest exiting with status 0.
-fn exited_ok(e: &wasmtime::Error) -> bool {
+/// The status `e` carries if it is the guest calling `wasi:cli/exit`.
+fn exit_status(e: &wasmtime::Error) -> Option<i32> {
     e.downcast_ref::<wasmtime_wasi::I32Exit>()
-        .is_some_and(|exit| exit.0 == 0)
+        .map(|exit| exit.0)
 }
 
 /// `req` as a call ready to run in the instance behind `accessor`.
